@@ -1,0 +1,7 @@
+"""`python -m function URL...`"""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,143 @@
+"""Settings, read once from the environment: the one place configuration lives."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_MODEL_URL = "https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1"
+DEFAULT_LABELS_URL = (
+    "https://www.gstatic.com/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
+)
+RUNTIMES = ("litert", "tensorflow")
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot use; the message names the key and value."""
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _positive(cast: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        value = cast(raw)
+        if value <= 0:  # type: ignore[operator]
+            raise ValueError("must be greater than zero")
+        return value
+
+    return parse
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _names(raw: str) -> frozenset[str]:
+    return frozenset(part.strip().upper() for part in raw.split(",") if part.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every knob of the function; built by `load_settings` from the environment."""
+
+    model_url: str = DEFAULT_MODEL_URL
+    labels_url: str = DEFAULT_LABELS_URL
+    runtime: str = "litert"
+    # tensorflow_hub's own default, so both agree without importing it
+    cache_dir: str = os.path.join(tempfile.gettempdir(), "tfhub_modules")
+    top_k: int = 3
+    max_urls: int = 32
+    max_url_length: int = 2048
+    fetch_workers: int = 8
+    connect_timeout: float = 3.05
+    read_timeout: float = 10.0
+    fetch_deadline: float = 20.0
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    allowed_formats: frozenset[str] = frozenset(
+        {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"}
+    )
+    max_request_bytes: int = 1024 * 1024
+    max_redirects: int = 3
+    allow_private_urls: bool = False
+    model_retry_seconds: float = 5.0
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+
+# env var -> (field, parser); one table so the README's configuration section has one source.
+ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "CLASSIFIER_MODEL_URL": ("model_url", str.strip),
+    "CLASSIFIER_LABELS_URL": ("labels_url", str.strip),
+    "CLASSIFIER_RUNTIME": ("runtime", _choice(RUNTIMES)),
+    "TFHUB_CACHE_DIR": ("cache_dir", str.strip),
+    "CLASSIFIER_TOP_K": ("top_k", _positive(int)),
+    "CLASSIFIER_MAX_URLS": ("max_urls", _positive(int)),
+    "CLASSIFIER_MAX_URL_LENGTH": ("max_url_length", _positive(int)),
+    "CLASSIFIER_FETCH_WORKERS": ("fetch_workers", _positive(int)),
+    "CLASSIFIER_CONNECT_TIMEOUT": ("connect_timeout", _positive(float)),
+    "CLASSIFIER_READ_TIMEOUT": ("read_timeout", _positive(float)),
+    "CLASSIFIER_FETCH_DEADLINE": ("fetch_deadline", _positive(float)),
+    "CLASSIFIER_MAX_IMAGE_BYTES": ("max_image_bytes", _positive(int)),
+    "CLASSIFIER_MAX_IMAGE_PIXELS": ("max_image_pixels", _positive(int)),
+    "CLASSIFIER_ALLOWED_FORMATS": ("allowed_formats", _names),
+    "CLASSIFIER_MAX_REQUEST_BYTES": ("max_request_bytes", _positive(int)),
+    "CLASSIFIER_MAX_REDIRECTS": ("max_redirects", int),
+    "CLASSIFIER_ALLOW_PRIVATE_URLS": ("allow_private_urls", _flag),
+    "CLASSIFIER_MODEL_RETRY_SECONDS": ("model_retry_seconds", _positive(float)),
+    "CLASSIFIER_LOG_FORMAT": ("log_format", _choice(LOG_FORMATS)),
+    "CLASSIFIER_LOG_LEVEL": ("log_level", _choice(("debug", "info", "warning", "error"))),
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from `environ` (default: os.environ); unset keys keep their default."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for key, (field, parse) in ENVIRONMENT.items():
+        raw = environ.get(key)
+        if raw is None or not raw.strip():
+            continue
+        try:
+            values[field] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{key}={raw!r}: {exc}") from None
+    if "log_level" in values:
+        values["log_level"] = values["log_level"].upper()
+    return Settings(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What we need to know about a model before loading it."""
+
+    name: str
+    url: str
+    labels_url: str
+    input_size: tuple[int, int] = (224, 224)  # width, height
+    input_scale: float = 1.0  # pixel values are fed in [0, input_scale]
+    output: str = "probabilities"  # or "logits", turned into probabilities by softmax
+
+
+def default_model(settings: Settings) -> ModelSpec:
+    """The bird model, or whatever CLASSIFIER_MODEL_URL / CLASSIFIER_LABELS_URL name."""
+    return ModelSpec(name="birds", url=settings.model_url, labels_url=settings.labels_url)

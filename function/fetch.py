@@ -1,0 +1,213 @@
+"""Download strangers' images: guarded connections, bounded bodies, one overall deadline.
+
+Every failure becomes an `ItemError` here (translated at the boundary), so callers
+never see a requests or urllib3 exception.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+import time
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from . import guard
+from .config import Settings
+from .errors import (
+    FetchFailed,
+    FetchTimeout,
+    HttpStatus,
+    ItemError,
+    TooLarge,
+    TooManyRedirects,
+)
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 64 * 1024
+USER_AGENT = "bird-classifier/1"
+
+
+def redact(url: str) -> str:
+    """scheme://host/path only: query strings and credentials can carry secrets."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<invalid url>"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+# --- connections that go only where the guard allowed ----------------------------
+
+
+class _GuardedConnectionMixin:
+    """Connects to the address the guard checked, never to a second DNS answer."""
+
+    resolve_checked = None  # set per connection by the pool
+
+    def _new_conn(self) -> socket.socket:
+        last_error: Exception | None = None
+        for address in self.resolve_checked(self.host, self.port):
+            self._dns_host = str(address)  # TLS still verifies and sends SNI for self.host
+            try:
+                return super()._new_conn()
+            except urllib3.exceptions.NewConnectionError as exc:
+                last_error = exc
+        raise last_error  # type: ignore[misc]
+
+
+class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _GuardedPoolMixin:
+    resolve_checked = None  # set by the pool manager
+
+    def _new_conn(self):
+        conn = super()._new_conn()
+        conn.resolve_checked = self.resolve_checked
+        return conn
+
+
+class _GuardedHTTPPool(_GuardedPoolMixin, HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(_GuardedPoolMixin, HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class _GuardedPoolManager(urllib3.PoolManager):
+    def __init__(self, resolve_checked, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+        self.resolve_checked = resolve_checked
+
+    def _new_pool(self, scheme, host, port, request_context=None):
+        pool = super()._new_pool(scheme, host, port, request_context)
+        pool.resolve_checked = self.resolve_checked
+        return pool
+
+
+class GuardedAdapter(HTTPAdapter):
+    """A requests adapter whose every connection passes `guard.resolve` first."""
+
+    def __init__(self, allow_private: bool, resolver: guard.Resolver, pool_size: int):
+        self._resolve_checked = functools.partial(
+            _resolve_checked, allow_private=allow_private, resolver=resolver
+        )
+        super().__init__(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+
+    def init_poolmanager(self, connections, maxsize, block=False, **pool_kwargs):
+        self.poolmanager = _GuardedPoolManager(
+            self._resolve_checked,
+            num_pools=connections,
+            maxsize=maxsize,
+            block=block,
+            **pool_kwargs,
+        )
+
+
+def _resolve_checked(host, port, *, allow_private, resolver):
+    return guard.resolve(host, port, allow_private, resolver)
+
+
+def make_session(settings: Settings, resolver: guard.Resolver = guard.system_resolver) -> requests.Session:
+    """One pooled session per process; proxies from the environment are ignored."""
+    session = requests.Session()
+    session.trust_env = False  # a proxy would be the address we connect to, unchecked
+    session.headers["User-Agent"] = USER_AGENT
+    adapter = GuardedAdapter(settings.allow_private_urls, resolver, settings.fetch_workers * 4)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+# --- one download ------------------------------------------------------------------
+
+
+def fetch(session: requests.Session, url: str, settings: Settings) -> bytes:
+    """The body of `url`, or an ItemError saying why not."""
+    guard.check_url(url, settings.max_url_length)
+    deadline = time.monotonic() + settings.fetch_deadline
+    for _ in range(settings.max_redirects + 1):
+        response = _get(session, url, settings, deadline)
+        with response:
+            if response.is_redirect:
+                url = urljoin(url, response.headers["location"])
+                guard.check_url(url, settings.max_url_length)
+                continue
+            if not 200 <= response.status_code < 300:
+                raise HttpStatus(
+                    f"image server answered {response.status_code} {response.reason}",
+                    response.status_code,
+                )
+            return _read_body(response, settings, deadline)
+    raise TooManyRedirects(f"more than {settings.max_redirects} redirects")
+
+
+def _get(session: requests.Session, url: str, settings: Settings, deadline: float) -> requests.Response:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise FetchTimeout(f"no answer within {settings.fetch_deadline:g} s")
+    timeout = (min(settings.connect_timeout, remaining), min(settings.read_timeout, remaining))
+    try:
+        return session.get(url, stream=True, timeout=timeout, allow_redirects=False)
+    except ItemError:
+        raise
+    except requests.Timeout as exc:
+        raise FetchTimeout(f"timed out: {_reason(exc)}") from exc
+    except requests.RequestException as exc:
+        raise FetchFailed(f"could not fetch: {_reason(exc)}") from exc
+
+
+def _read_body(response: requests.Response, settings: Settings, deadline: float) -> bytes:
+    limit = settings.max_image_bytes
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"image is {int(declared)} bytes, the limit is {limit}")
+    raw = response.raw
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchTimeout(f"download took longer than {settings.fetch_deadline:g} s")
+        if sock is not None:  # a slow drip must not outlive the deadline
+            sock.settimeout(min(settings.read_timeout, remaining))
+        try:
+            chunk = raw.read1(CHUNK_BYTES, decode_content=True)
+        except (urllib3.exceptions.ReadTimeoutError, TimeoutError, socket.timeout) as exc:
+            raise FetchTimeout(f"read timed out: {_reason(exc)}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise FetchFailed(f"connection broke mid-body: {_reason(exc)}") from exc
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"image is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause's message, unless it quotes the URL (which may carry secrets)."""
+    root = exc
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+    text = str(root)
+    return text if text and "://" not in text else type(root).__name__

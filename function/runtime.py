@@ -1,0 +1,126 @@
+"""Run a model: TensorFlow through tensorflow_hub (the reference), or LiteRT (the fast start).
+
+Both load the same TF Hub handle. LiteRT needs a `.tflite` file: it is converted once
+from the Hub model (which needs TensorFlow, that one time) and cached beside the TF Hub
+cache, so later processes start without importing TensorFlow at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelSpec
+from .errors import BadModel
+
+logger = logging.getLogger(__name__)
+
+Predict = Callable[[np.ndarray], np.ndarray]  # float32 [N,H,W,3] -> float32 [N,C]
+
+
+def load(spec: ModelSpec, runtime: str, cache_dir: str) -> Predict:
+    """A thread-safe predict function for `spec` on `runtime`."""
+    if runtime == "tensorflow":
+        return _tensorflow_predict(*_load_hub(spec))
+    return _litert_predict(tflite_path(spec, cache_dir), spec)
+
+
+def tflite_path(spec: ModelSpec, cache_dir: str) -> Path:
+    """The `.tflite` for spec: the URL itself, or a cached conversion named like TF Hub's."""
+    if spec.url.endswith(".tflite") and not spec.url.startswith(("http://", "https://")):
+        return Path(spec.url)
+    key = hashlib.sha1(spec.url.encode("utf8")).hexdigest()
+    path = Path(cache_dir) / f"{key}.tflite"
+    if not path.exists():
+        _convert_to_tflite(spec, path)
+    return path
+
+
+# --- TensorFlow ---------------------------------------------------------------
+
+
+def _load_hub(spec: ModelSpec):
+    """A TF1 Hub module and its `default` signature, checked against what we feed it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO chatter, before import
+    import tensorflow_hub as hub
+
+    module = hub.load(spec.url)
+    signatures = getattr(module, "signatures", {})
+    if "default" not in signatures:
+        raise BadModel(f"model has no 'default' signature (has: {', '.join(signatures) or 'none'})")
+    signature = signatures["default"]
+    inputs = signature.structured_input_signature[1]
+    outputs = signature.structured_outputs
+    images = inputs.get("images")
+    width, height = spec.input_size
+    if images is None or images.dtype.name != "float32" or list(images.shape)[1:] != [height, width, 3]:
+        raise BadModel(
+            f"model input must be 'images' float32 [None,{height},{width},3], got {dict(inputs)}"
+        )
+    if "default" not in outputs or outputs["default"].shape.rank != 2:
+        raise BadModel(f"model output must be 'default' [None,classes], got {dict(outputs)}")
+    return module, signature
+
+
+def _tensorflow_predict(module, signature) -> Predict:
+    import tensorflow as tf
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return signature(images=tf.constant(batch))["default"].numpy()
+
+    predict.module = module  # the signature's variables live only as long as the module
+    return predict
+
+
+# --- LiteRT -------------------------------------------------------------------
+
+
+def _convert_to_tflite(spec: ModelSpec, path: Path) -> None:
+    """Convert the Hub model once; written atomically so concurrent processes agree."""
+    import tensorflow as tf
+
+    logger.info("converting %s to %s for the litert runtime", spec.url, path)
+    module, signature = _load_hub(spec)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([signature], module)
+    content = converter.convert()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+    os.replace(tmp, path)
+
+
+def _litert_predict(path: Path, spec: ModelSpec) -> Predict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+    (input_detail,) = interpreter.get_input_details()
+    (output_detail,) = interpreter.get_output_details()
+    width, height = spec.input_size
+    shape = list(input_detail["shape_signature"])
+    if shape[1:] != [height, width, 3] or len(output_detail["shape"]) != 2:
+        raise BadModel(
+            f"model input must be [N,{height},{width},3] and output [N,classes], "
+            f"got {shape} -> {list(output_detail['shape'])}"
+        )
+    lock = threading.Lock()  # an Interpreter is not thread-safe
+    batch_size = [0]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            if batch.shape[0] != batch_size[0]:
+                interpreter.resize_tensor_input(input_detail["index"], list(batch.shape))
+                interpreter.allocate_tensors()
+                batch_size[0] = batch.shape[0]
+            interpreter.set_tensor(input_detail["index"], batch.astype(input_detail["dtype"]))
+            interpreter.invoke()
+            return interpreter.get_tensor(output_detail["index"]).copy()
+
+    return predict

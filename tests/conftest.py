@@ -1,0 +1,99 @@
+"""Shared fixtures: an isolated environment, the stand-in model served from loopback.
+
+The stand-in is a TF1 Hub module in the real model's format (empty tag set, `default`
+signature, input `images`, output `default`) packed as .tar.gz and loaded through the
+real tensorflow_hub download path. It is built once per session: TensorFlow is
+imported in this process once, never in many subprocesses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import sys
+
+import pytest
+
+from fixtures import images as test_images
+from fixtures.hub_module import write_labels
+from fixtures.models import COLOUR_LABELS, LABEL_ROW_ORDER, build_hub_archive, colour_model
+from fixtures.server import LoopbackServer
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class StandIn:
+    server: LoopbackServer
+    model_url: str  # loopback URL of the .tar.gz, as TF Hub serves modules
+    labels_url: str
+    module_dir: pathlib.Path  # the same module, unpacked, for "local path" cases
+    labels_path: pathlib.Path
+    cache_dir: pathlib.Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for a function that uses the stand-in and may fetch from loopback."""
+        return {
+            "CLASSIFIER_MODEL_URL": self.model_url,
+            "CLASSIFIER_LABELS_URL": self.labels_url,
+            "CLASSIFIER_ALLOW_PRIVATE_URLS": "1",
+            "TFHUB_CACHE_DIR": str(self.cache_dir),
+            **extra,
+        }
+
+    def image_url(self, name: str, colour=(255, 0, 0), format="PNG", **route) -> str:
+        body = test_images.encode(test_images.solid(colour), format)
+        return self.server.add(f"/images/{name}", body, content_type=f"image/{format.lower()}", **route)
+
+
+@pytest.fixture(scope="session")
+def stand_in(tmp_path_factory) -> StandIn:
+    work = tmp_path_factory.mktemp("standin")
+    archive = build_hub_archive(colour_model, work, "colour")
+    labels = write_labels(work / "labels.csv", COLOUR_LABELS, LABEL_ROW_ORDER)
+    with LoopbackServer() as server:
+        server.add("/models/colour.tar.gz", archive.read_bytes(), content_type="application/x-gzip")
+        server.add("/labels.csv", labels.read_bytes(), content_type="text/csv")
+        yield StandIn(
+            server=server,
+            model_url=server.url("/models/colour.tar.gz"),
+            labels_url=server.url("/labels.csv"),
+            module_dir=work / "colour",
+            labels_path=labels,
+            cache_dir=tmp_path_factory.mktemp("tfhub-cache"),
+        )
+
+
+@pytest.fixture(autouse=True)
+def isolate_environment(monkeypatch, tmp_path):
+    """No test sees the developer's CLASSIFIER_* settings or shares a model cache by accident."""
+    for key in list(os.environ):
+        if key.startswith("CLASSIFIER_") or key in ("TFHUB_CACHE_DIR", "PORT"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "tfhub-cache"))
+
+
+@pytest.fixture
+def use_stand_in(monkeypatch, stand_in) -> StandIn:
+    """Point this process's settings at the stand-in (and allow loopback fetches)."""
+    for key, value in stand_in.env().items():
+        monkeypatch.setenv(key, value)
+    return stand_in
+
+
+@pytest.fixture
+def app_client(use_stand_in):
+    """The real HTTP target through functions-framework's own Flask app."""
+    from functions_framework import create_app
+
+    app = create_app(target="classify", source=str(ROOT / "function" / "main.py"))
+    return app.test_client()
+
+
+def python_env(extra: dict[str, str]) -> dict[str, str]:
+    """Environment for a subprocess running this venv's Python and the project."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLASSIFIER_")}
+    env.update(extra)
+    env["PATH"] = os.pathsep.join([str(pathlib.Path(sys.executable).parent), env.get("PATH", "")])
+    return env

@@ -46,6 +46,12 @@ class RequestTooLarge(BadRequest):
     status = 413
 
 
+class UnsupportedEvent(BadRequest):
+    """A CloudEvent of a type this function does not handle (400; docs/events.md lists them)."""
+
+    code = "unsupported_event"
+
+
 class NotFound(ClassifierError):
     """No such path (404)."""
 
@@ -76,6 +82,15 @@ class BadModel(ModelUnavailable):
     """The model loaded but its signature is not the one we can call (503)."""
 
     code = "bad_model"
+
+
+class StorageUnavailable(ClassifierError):
+    """An event's object could not be read for now (bucket 5xx/429, timeout, no connection,
+    unreadable token file): 502, so the Broker retries the event."""
+
+    code = "storage_unavailable"
+    status = 502
+    transient = True
 
 
 # --- item-level: one image failed, the others go on -----------------------------

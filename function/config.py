@@ -55,6 +55,17 @@ def _names(raw: str) -> frozenset[str]:
     return frozenset(part.strip().upper() for part in raw.split(",") if part.strip())
 
 
+def _object_url_template(raw: str) -> str:
+    template = raw.strip()
+    try:
+        filled = template.format(bucket="b", name="n")
+    except (KeyError, IndexError, ValueError):
+        raise ValueError("use only the placeholders {bucket} and {name}") from None
+    if "{name}" not in template or not filled.startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) URL with a {name} placeholder")
+    return template
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Every knob of the function; built by `load_settings` from the environment."""
@@ -79,6 +90,9 @@ class Settings:
     max_request_bytes: int = 1024 * 1024
     max_redirects: int = 3
     allow_private_urls: bool = False
+    object_url_template: str = ""  # "": the provider's default (function/events.py)
+    bucket_token: str = dataclasses.field(default="", repr=False)  # a secret: kept out of reprs
+    bucket_token_file: str = ""
     model_retry_seconds: float = 5.0
     log_format: str = "text"
     log_level: str = "INFO"
@@ -103,6 +117,9 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CLASSIFIER_MAX_REQUEST_BYTES": ("max_request_bytes", _positive(int)),
     "CLASSIFIER_MAX_REDIRECTS": ("max_redirects", int),
     "CLASSIFIER_ALLOW_PRIVATE_URLS": ("allow_private_urls", _flag),
+    "CLASSIFIER_OBJECT_URL_TEMPLATE": ("object_url_template", _object_url_template),
+    "CLASSIFIER_BUCKET_TOKEN": ("bucket_token", str.strip),
+    "CLASSIFIER_BUCKET_TOKEN_FILE": ("bucket_token_file", str.strip),
     "CLASSIFIER_MODEL_RETRY_SECONDS": ("model_retry_seconds", _positive(float)),
     "CLASSIFIER_LOG_FORMAT": ("log_format", _choice(LOG_FORMATS)),
     "CLASSIFIER_LOG_LEVEL": ("log_level", _choice(("debug", "info", "warning", "error"))),

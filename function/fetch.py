@@ -10,6 +10,7 @@ import functools
 import logging
 import socket
 import time
+from collections.abc import Mapping
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -139,16 +140,24 @@ def make_session(settings: Settings, resolver: guard.Resolver = guard.system_res
 # --- one download ------------------------------------------------------------------
 
 
-def fetch(session: requests.Session, url: str, settings: Settings) -> bytes:
-    """The body of `url`, or an ItemError saying why not."""
+def fetch(session: requests.Session, url: str, settings: Settings,
+          headers: Mapping[str, str] | None = None) -> bytes:
+    """The body of `url`, or an ItemError saying why not.
+
+    `headers` (a bucket's Authorization) go to `url` and same-origin redirects only,
+    by requests' own rule for stripping credentials on a redirect.
+    """
     guard.check_url(url, settings.max_url_length)
     deadline = time.monotonic() + settings.fetch_deadline
     for _ in range(settings.max_redirects + 1):
-        response = _get(session, url, settings, deadline)
+        response = _get(session, url, settings, deadline, headers)
         with response:
             if response.is_redirect:
-                url = urljoin(url, response.headers["location"])
-                guard.check_url(url, settings.max_url_length)
+                target = urljoin(url, response.headers["location"])
+                guard.check_url(target, settings.max_url_length)
+                if headers and session.should_strip_auth(url, target):
+                    headers = None
+                url = target
                 continue
             if not 200 <= response.status_code < 300:
                 raise HttpStatus(
@@ -159,13 +168,14 @@ def fetch(session: requests.Session, url: str, settings: Settings) -> bytes:
     raise TooManyRedirects(f"more than {settings.max_redirects} redirects")
 
 
-def _get(session: requests.Session, url: str, settings: Settings, deadline: float) -> requests.Response:
+def _get(session: requests.Session, url: str, settings: Settings, deadline: float,
+         headers: Mapping[str, str] | None) -> requests.Response:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise FetchTimeout(f"no answer within {settings.fetch_deadline:g} s")
     timeout = (min(settings.connect_timeout, remaining), min(settings.read_timeout, remaining))
     try:
-        return session.get(url, stream=True, timeout=timeout, allow_redirects=False)
+        return session.get(url, headers=headers, stream=True, timeout=timeout, allow_redirects=False)
     except ItemError:
         raise
     except requests.Timeout as exc:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -14,6 +16,7 @@ DEFAULT_MODEL_URL = "https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1"
 DEFAULT_LABELS_URL = (
     "https://www.gstatic.com/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
 )
+DEFAULT_MODEL_NAME = "birds"
 RUNTIMES = ("litert", "tensorflow")
 LOG_FORMATS = ("text", "json")
 
@@ -66,6 +69,79 @@ def _object_url_template(raw: str) -> str:
     return template
 
 
+# CLASSIFIER_MODELS entries: name -> {"url", "labels", "input_size", "input_range", "output"}
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+MODEL_FIELDS = ("url", "labels", "input_size", "input_range", "output")
+INPUT_RANGES = {(0, 1): 1.0, (0, 255): 255.0}
+OUTPUTS = ("probabilities", "logits")
+
+
+def _models(raw: str) -> tuple[ModelSpec, ...]:
+    """The registry: inline JSON (it starts with `{`) or the path of a JSON file."""
+    text = raw.strip()
+    if not text.startswith(("{", "[")):
+        try:
+            with open(text, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise ValueError(f"cannot read the registry file: {exc.strerror or exc}") from None
+    try:
+        entries = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(entries, dict) or not entries:
+        raise ValueError('must be a JSON object like {"name": {"url": "...", "labels": "..."}}')
+    return tuple(_model_spec(name, entry) for name, entry in entries.items())
+
+
+def _model_spec(name: str, entry: Any) -> ModelSpec:
+    try:
+        if not MODEL_NAME.match(name):
+            raise ValueError("names are 1-64 of a-z, 0-9, _ and -, starting with a letter or digit")
+        if name == DEFAULT_MODEL_NAME:
+            raise ValueError("is the default model: set CLASSIFIER_MODEL_URL and CLASSIFIER_LABELS_URL instead")
+        if not isinstance(entry, dict):
+            raise ValueError("must be an object with 'url' and 'labels'")
+        unknown = sorted(set(entry) - set(MODEL_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field {unknown[0]!r} (fields: {', '.join(MODEL_FIELDS)})")
+        for field in ("url", "labels"):
+            if not isinstance(entry.get(field), str) or not entry[field].strip():
+                raise ValueError(f"{field!r} must be a URL or path")
+        return ModelSpec(
+            name=name,
+            url=entry["url"].strip(),
+            labels_url=entry["labels"].strip(),
+            input_size=_input_size(entry.get("input_size", 224)),
+            input_scale=_input_scale(entry.get("input_range", [0, 1])),
+            output=_output(entry.get("output", "probabilities")),
+        )
+    except ValueError as exc:
+        raise ValueError(f"model {name!r}: {exc}") from None
+
+
+def _input_size(value: Any) -> tuple[int, int]:
+    """224 (square) or [width, height]."""
+    size = [value, value] if isinstance(value, int) else value
+    if (not isinstance(size, list) or len(size) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size)):
+        raise ValueError(f"'input_size' must be a positive integer or [width, height], got {value!r}")
+    return size[0], size[1]
+
+
+def _input_scale(value: Any) -> float:
+    key = tuple(value) if isinstance(value, list) and all(type(n) in (int, float) for n in value) else None
+    if key not in INPUT_RANGES:
+        raise ValueError(f"'input_range' must be [0, 1] or [0, 255], got {value!r}")
+    return INPUT_RANGES[key]
+
+
+def _output(value: Any) -> str:
+    if value not in OUTPUTS:
+        raise ValueError(f"'output' must be one of {', '.join(OUTPUTS)}, got {value!r}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Every knob of the function; built by `load_settings` from the environment."""
@@ -88,11 +164,13 @@ class Settings:
         {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"}
     )
     max_request_bytes: int = 1024 * 1024
+    max_upload_bytes: int = 32 * 1024 * 1024
     max_redirects: int = 3
     allow_private_urls: bool = False
     object_url_template: str = ""  # "": the provider's default (function/events.py)
     bucket_token: str = dataclasses.field(default="", repr=False)  # a secret: kept out of reprs
     bucket_token_file: str = ""
+    models: tuple[ModelSpec, ...] = ()  # CLASSIFIER_MODELS: the registry, beside the default
     model_retry_seconds: float = 5.0
     log_format: str = "text"
     log_level: str = "INFO"
@@ -115,11 +193,13 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CLASSIFIER_MAX_IMAGE_PIXELS": ("max_image_pixels", _positive(int)),
     "CLASSIFIER_ALLOWED_FORMATS": ("allowed_formats", _names),
     "CLASSIFIER_MAX_REQUEST_BYTES": ("max_request_bytes", _positive(int)),
+    "CLASSIFIER_MAX_UPLOAD_BYTES": ("max_upload_bytes", _positive(int)),
     "CLASSIFIER_MAX_REDIRECTS": ("max_redirects", int),
     "CLASSIFIER_ALLOW_PRIVATE_URLS": ("allow_private_urls", _flag),
     "CLASSIFIER_OBJECT_URL_TEMPLATE": ("object_url_template", _object_url_template),
     "CLASSIFIER_BUCKET_TOKEN": ("bucket_token", str.strip),
     "CLASSIFIER_BUCKET_TOKEN_FILE": ("bucket_token_file", str.strip),
+    "CLASSIFIER_MODELS": ("models", _models),
     "CLASSIFIER_MODEL_RETRY_SECONDS": ("model_retry_seconds", _positive(float)),
     "CLASSIFIER_LOG_FORMAT": ("log_format", _choice(LOG_FORMATS)),
     "CLASSIFIER_LOG_LEVEL": ("log_level", _choice(("debug", "info", "warning", "error"))),
@@ -154,7 +234,23 @@ class ModelSpec:
     input_scale: float = 1.0  # pixel values are fed in [0, input_scale]
     output: str = "probabilities"  # or "logits", turned into probabilities by softmax
 
+    def describe(self) -> dict[str, Any]:
+        """The spec as CLASSIFIER_MODELS spells it (GET /models)."""
+        return {
+            "name": self.name,
+            "url": self.url,
+            "labels": self.labels_url,
+            "input_size": list(self.input_size),
+            "input_range": [0, self.input_scale],
+            "output": self.output,
+        }
+
 
 def default_model(settings: Settings) -> ModelSpec:
     """The bird model, or whatever CLASSIFIER_MODEL_URL / CLASSIFIER_LABELS_URL name."""
-    return ModelSpec(name="birds", url=settings.model_url, labels_url=settings.labels_url)
+    return ModelSpec(name=DEFAULT_MODEL_NAME, url=settings.model_url, labels_url=settings.labels_url)
+
+
+def model_specs(settings: Settings) -> tuple[ModelSpec, ...]:
+    """Every configured model, the default first."""
+    return (default_model(settings), *settings.models)

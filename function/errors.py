@@ -40,10 +40,16 @@ class TooManyUrls(BadRequest):
 
 
 class RequestTooLarge(BadRequest):
-    """The request body is over `CLASSIFIER_MAX_REQUEST_BYTES` (413)."""
+    """The body is over `CLASSIFIER_MAX_REQUEST_BYTES` (uploads: `CLASSIFIER_MAX_UPLOAD_BYTES`) (413)."""
 
     code = "request_too_large"
     status = 413
+
+
+class UnknownModel(BadRequest):
+    """The request names a model that is not configured (400; GET /models lists them)."""
+
+    code = "unknown_model"
 
 
 class UnsupportedEvent(BadRequest):

@@ -13,8 +13,8 @@ import numpy as np
 import requests
 
 from . import fetch, images
-from .config import ModelSpec, Settings, default_model
-from .errors import ItemError, TooManyUrls
+from .config import ModelSpec, Settings, model_specs
+from .errors import ItemError, TooManyUrls, UnknownModel
 from .model import LazyModel, LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Classifier:
                  models: Sequence[ModelSpec] | None = None):
         self.settings = settings
         self.session = session or fetch.make_session(settings)
-        specs = list(models) if models else [default_model(settings)]
+        specs = list(models or model_specs(settings))
         self.models = {
             spec.name: LazyModel(spec, settings.runtime, settings.cache_dir, settings.model_retry_seconds)
             for spec in specs
@@ -57,7 +57,11 @@ class Classifier:
         return Source(url, lambda: fetch.fetch(self.session, url, self.settings, headers))
 
     def model(self, name: str | None = None) -> LazyModel:
-        return self.models[name or self.default_model]
+        """The named model (default: the first configured), or UnknownModel (400)."""
+        lazy = self.models.get(name or self.default_model)
+        if lazy is None:
+            raise UnknownModel(f"no model named {name!r}; configured: {', '.join(self.models)}")
+        return lazy
 
     def classify_urls(self, urls: Sequence[str], top_k: int | None = None, model: str | None = None) -> dict:
         return self.classify([self.url_source(u) for u in urls], top_k, model)

@@ -2,7 +2,9 @@
 
 Both load the same TF Hub handle. LiteRT needs a `.tflite` file: it is converted once
 from the Hub model (which needs TensorFlow, that one time) and cached beside the TF Hub
-cache, so later processes start without importing TensorFlow at all.
+cache, so later processes start without importing TensorFlow at all. A model that is a
+`.tflite` file already (a path, or a URL downloaded once into the cache) always runs on
+LiteRT.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
+from . import labels
 from .config import ModelSpec
 from .errors import BadModel
 
@@ -26,20 +30,31 @@ Predict = Callable[[np.ndarray], np.ndarray]  # float32 [N,H,W,3] -> float32 [N,
 
 
 def load(spec: ModelSpec, runtime: str, cache_dir: str) -> Predict:
-    """A thread-safe predict function for `spec` on `runtime`."""
-    if runtime == "tensorflow":
+    """A thread-safe predict function for `spec` on `runtime` (`.tflite` files: LiteRT)."""
+    if runtime == "tensorflow" and not is_tflite(spec.url):
         return _tensorflow_predict(*_load_hub(spec))
     return _litert_predict(tflite_path(spec, cache_dir), spec)
 
 
+def is_tflite(url: str) -> bool:
+    """A `.tflite` file (path or URL) rather than a TF Hub handle."""
+    return urlsplit(url).path.endswith(".tflite")
+
+
 def tflite_path(spec: ModelSpec, cache_dir: str) -> Path:
-    """The `.tflite` for spec: the URL itself, or a cached conversion named like TF Hub's."""
-    if spec.url.endswith(".tflite") and not spec.url.startswith(("http://", "https://")):
-        return Path(spec.url)
+    """The `.tflite` for spec: a local file itself, else a cached download or conversion
+    named like TF Hub's cache entries."""
+    remote = spec.url.startswith(("http://", "https://"))
+    if is_tflite(spec.url) and not remote:
+        return Path(spec.url.removeprefix("file://"))
     key = hashlib.sha1(spec.url.encode("utf8")).hexdigest()
     path = Path(cache_dir) / f"{key}.tflite"
     if not path.exists():
-        _convert_to_tflite(spec, path)
+        if is_tflite(spec.url):
+            logger.info("downloading %s to %s for the litert runtime", spec.url, path)
+            _write_atomically(path, labels.read_source(spec.url))
+        else:
+            _convert_to_tflite(spec, path)
     return path
 
 
@@ -89,7 +104,11 @@ def _convert_to_tflite(spec: ModelSpec, path: Path) -> None:
     logger.info("converting %s to %s for the litert runtime", spec.url, path)
     module, signature = _load_hub(spec)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([signature], module)
-    content = converter.convert()
+    _write_atomically(path, converter.convert())
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    """Write via a temporary file and a rename, so concurrent processes never read half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as handle:

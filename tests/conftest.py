@@ -9,6 +9,7 @@ imported in this process once, never in many subprocesses.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import sys
@@ -16,6 +17,7 @@ import sys
 import pytest
 
 from fixtures import images as test_images
+from fixtures.flowers import FLOWER_LABELS, build_tflite, flower_logits
 from fixtures.hub_module import write_labels
 from fixtures.models import COLOUR_LABELS, LABEL_ROW_ORDER, build_hub_archive, colour_model
 from fixtures.server import LoopbackServer
@@ -63,6 +65,32 @@ def stand_in(tmp_path_factory) -> StandIn:
             labels_path=labels,
             cache_dir=tmp_path_factory.mktemp("tfhub-cache"),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Flowers:
+    url: str  # loopback URL of flowers.tflite
+    labels_url: str
+    path: pathlib.Path  # the same .tflite, local
+
+    def registry(self, **entry) -> str:
+        """CLASSIFIER_MODELS with this model as `flowers` (fields overridable)."""
+        spec = {"url": self.url, "labels": self.labels_url, "input_size": [180, 180],
+                "input_range": [0, 255], "output": "logits", **entry}
+        return json.dumps({"flowers": spec})
+
+
+@pytest.fixture(scope="session")
+def flowers(stand_in, tmp_path_factory) -> Flowers:
+    """The TFLite flower stand-in (180x180, [0,255], logits), served beside the birds."""
+    work = tmp_path_factory.mktemp("flowers")
+    model = build_tflite(flower_logits, work / "flowers.tflite")
+    labels = write_labels(work / "flowers.csv", FLOWER_LABELS, (4, 2, 0, 3, 1))
+    return Flowers(
+        url=stand_in.server.add("/models/flowers.tflite", model.read_bytes()),
+        labels_url=stand_in.server.add("/flowers.csv", labels.read_bytes(), content_type="text/csv"),
+        path=model,
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -110,13 +110,19 @@ def use_stand_in(monkeypatch, stand_in) -> StandIn:
     return stand_in
 
 
-@pytest.fixture
-def app_client(use_stand_in):
-    """The real HTTP target through functions-framework's own Flask app."""
+def function_client():
+    """The real HTTP target through functions-framework's own Flask app, set up from this
+    process's environment as it is now (main.py reads it on import)."""
     from functions_framework import create_app
 
     app = create_app(target="classify", source=str(ROOT / "function" / "main.py"))
     return app.test_client()
+
+
+@pytest.fixture
+def app_client(use_stand_in):
+    """The real HTTP target through functions-framework's own Flask app."""
+    return function_client()
 
 
 def python_env(extra: dict[str, str]) -> dict[str, str]:

@@ -1,20 +1,27 @@
-"""The command line: `classify URL...` (or `python -m function`), results on stdout only."""
+"""The command line: `classify URL|PATH|GLOB...` (or `python -m function`), results on stdout only."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import logging
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
-from . import logs
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from . import files, logs
 from .api import MAX_TOP_K
 from .config import ConfigError, load_settings
 from .errors import ClassifierError
-from .pipeline import Classifier
+from .pipeline import Classifier, Source
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)  # anything else is a local path or glob
 
 
 def _top_k(raw: str) -> int:
@@ -27,13 +34,28 @@ def _top_k(raw: str) -> int:
     return value
 
 
+def _regex(raw: str) -> re.Pattern[str]:
+    try:
+        return re.compile(raw)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a regular expression: {exc}") from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="classify",
-        description="Classify bird images by URL with the configured TF Hub model "
+        description="Classify bird images by URL or local file with the configured TF Hub model "
         "(CLASSIFIER_* environment variables, see README).",
     )
-    p.add_argument("sources", nargs="*", metavar="URL", help="image URLs")
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="image URLs, files, directories (their files; all levels with -r) "
+                   "or quoted glob patterns like 'photos/**/*.jpg'")
+    p.add_argument("-r", "--recursive", action="store_true", help="walk directories' subdirectories too")
+    p.add_argument("--match", type=_regex, default=re.compile(files.IMAGE_FILES), metavar="REGEX",
+                   help="keep files found in directories and globs whose path this matches "
+                   "(default: image extensions)")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="a model from CLASSIFIER_MODELS (default: birds)")
     p.add_argument("--json", action="store_true", help="one JSON object per image and line")
     p.add_argument("--top-k", type=_top_k, default=None, metavar="N",
                    help=f"predictions per image, 1-{MAX_TOP_K} (default: CLASSIFIER_TOP_K or 3)")
@@ -46,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not args.sources and not args.preload:
-        parser().error("give at least one URL (or --preload)")
+        parser().error("give at least one URL, file, directory or glob (or --preload)")
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -58,19 +80,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     classifier = Classifier(settings)
     try:
         if args.preload:
-            classifier.model().get()
+            classifier.model(args.model).get()
             return EXIT_OK
         failed = False
-        # Bounded batches: each is one model call, and results stream out as they come.
-        for start in range(0, len(args.sources), settings.max_urls):
-            batch = args.sources[start:start + settings.max_urls]
-            for result in classifier.classify_urls(batch, args.top_k)["results"]:
-                print(json.dumps(result) if args.json else _human(result), flush=True)
-                failed = failed or "error" in result
+        # Bounded batches of lazily found sources: each is one model call, and its
+        # results stream out before the next batch is even listed.
+        progress = tqdm(unit="img", file=sys.stderr, disable=args.quiet or not sys.stderr.isatty())
+        with progress, logging_redirect_tqdm([logging.getLogger("function")]):
+            for batch in _batches(_sources(args, classifier), settings.max_urls):
+                results = classifier.classify(batch, args.top_k, args.model)["results"]
+                with tqdm.external_write_mode(file=sys.stdout):
+                    for result in results:
+                        print(json.dumps(result) if args.json else _human(result), flush=True)
+                        failed = failed or "error" in result
+                progress.update(len(batch))
     except ClassifierError as exc:
         print(f"classify: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _sources(args: argparse.Namespace, classifier: Classifier) -> Iterator[Source]:
+    """In argument order: URLs as given, local arguments expanded as they are reached."""
+    for arg in args.sources:
+        if URL.match(arg):
+            yield classifier.url_source(arg)
+        else:
+            yield from files.sources(arg, args.recursive, args.match, classifier.settings.max_image_bytes)
+
+
+def _batches(items: Iterable[Source], size: int) -> Iterator[list[Source]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def _silence_native_stderr() -> None:

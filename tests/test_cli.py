@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 
 import pytest
 
 from conftest import ROOT, python_env
+from fixtures import images as test_images
+from function import files
 
 
 def run_cli(stand_in, *args, env=None):
@@ -68,3 +75,109 @@ def test_console_script_is_declared():
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["classify"] == "function.cli:main"
+
+
+# --- local files, directories and globs ------------------------------------------
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """photos/red.png, photos/notes.txt, photos/sub/blue.jpg, photos/sub/deeper/green.PNG."""
+    tree = {"red.png": ((250, 5, 5), "PNG"), "sub/blue.jpg": ((5, 5, 250), "JPEG"),
+            "sub/deeper/green.PNG": ((5, 250, 5), "PNG")}
+    for name, (colour, format) in tree.items():
+        path = tmp_path / "photos" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(test_images.encode(test_images.solid(colour), format))
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+def run_in(cwd, stand_in, *args, env=None, stderr=subprocess.PIPE):
+    return subprocess.run(
+        [sys.executable, "-m", "function", *args],
+        cwd=cwd, env=python_env({**stand_in.env(), "PYTHONPATH": str(ROOT), **(env or {})}),
+        stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=120,
+    )
+
+
+def test_folders_globs_files_and_urls_mixed_in_order(stand_in, warm_cache, photos):
+    url = stand_in.image_url("cli-mixed.png", (5, 250, 5))
+    done = run_in(photos, stand_in, "--json", "-q", "photos", url, "photos/**/*.jpg", "missing.png",
+                  "photos/*.gif")
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["url"] for line in lines] == [
+        "photos/red.png",  # not photos/notes.txt (not an image name) nor sub/ (no -r)
+        url, "photos/sub/blue.jpg", "missing.png", "photos/*.gif"]
+    assert [line.get("predictions", [{}])[0].get("label") for line in lines[:3]] == [
+        "Erithacus rubecula", "Picus viridis", "Cyanistes caeruleus"]
+    assert lines[3]["error"] == {"code": "file_unreadable", "message": "cannot read file: No such file or directory"}
+    assert lines[4]["error"] == {"code": "file_unreadable", "message": f"no files here match {files.IMAGE_FILES!r}"}
+    assert done.returncode == 1
+
+
+def test_recursive_match_and_size_limit(stand_in, warm_cache, photos):
+    big = test_images.encode(test_images.photo_like(200, 200), "PNG")
+    (photos / "photos" / "sub" / "big.png").write_bytes(big)
+    done = run_in(photos, stand_in, "--json", "-q", "-r", "photos", "--match", r"sub/",
+                  env={"CLASSIFIER_MAX_IMAGE_BYTES": str(len(big) - 1)})
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["url"] for line in lines] == ["photos/sub/big.png", "photos/sub/blue.jpg",
+                                               "photos/sub/deeper/green.PNG"]
+    assert lines[0]["error"]["code"] == "too_large"
+    assert [line["predictions"][0]["label"] for line in lines[1:]] == ["Cyanistes caeruleus", "Picus viridis"]
+
+
+def test_progress_bar_only_on_a_terminal(stand_in, warm_cache, photos):
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a sized terminal
+    try:
+        done = run_in(photos, stand_in, "-r", "photos", stderr=terminal)
+        os.close(terminal)
+        terminal = None
+        shown = _read_all(main)
+    finally:
+        os.close(main)
+        if terminal is not None:
+            os.close(terminal)
+    assert done.returncode == 0
+    assert "3img" in shown.replace(" ", "")  # tqdm's counter, on stderr only
+    assert "img" not in done.stdout and done.stdout.count("\n  1. ") == 3
+    quiet = run_in(photos, stand_in, "-r", "-q", "photos")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    piped = run_in(photos, stand_in, "-r", "photos")
+    assert "img/s" not in piped.stderr and "it/s" not in piped.stderr
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_sources_are_listed_lazily_in_bounded_batches(use_stand_in, monkeypatch, photos, capsys):
+    """In-process: each batch is at most CLASSIFIER_MAX_URLS, and is classified before
+    the next one's files are even found (so 100 000 files never sit in memory)."""
+    from function import cli, logs
+    from function.pipeline import Classifier
+
+    for i in range(3):
+        (photos / "photos" / f"extra{i}.png").write_bytes(test_images.encode(test_images.solid((9, 9, 9 * i))))
+    monkeypatch.setenv("CLASSIFIER_MAX_URLS", "2")
+    monkeypatch.setattr(logs, "configure", lambda *args, **kwargs: None)  # keep pytest's logging
+    found, batches = [], []
+    real_file, real_classify = files._file, Classifier.classify
+    monkeypatch.setattr(files, "_file", lambda path, limit: found.append(path) or real_file(path, limit))
+    monkeypatch.setattr(Classifier, "classify", lambda self, sources, *rest: (
+        batches.append(([s.name for s in sources], len(found))) or real_classify(self, sources, *rest)))
+    assert cli.main(["--json", "-r", str(photos / "photos")]) == 0
+    sizes_and_found = [(len(names), seen) for names, seen in batches]
+    assert sizes_and_found == [(2, 2), (2, 4), (2, 6)]
+    assert len(capsys.readouterr().out.splitlines()) == 6

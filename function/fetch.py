@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from urllib.parse import urljoin, urlsplit
@@ -59,10 +60,17 @@ class _GuardedConnectionMixin:
         last_error: Exception | None = None
         for address in self.resolve_checked(self.host, self.port):
             self._dns_host = str(address)  # TLS still verifies and sends SNI for self.host
+            deadline = _Deadline.current()
+            if deadline is not None and isinstance(self.timeout, (int, float)):
+                # many unreachable addresses share the one deadline
+                self.timeout = max(0.001, min(self.timeout, deadline.remaining()))
             try:
-                return super()._new_conn()
+                sock = super()._new_conn()
             except urllib3.exceptions.NewConnectionError as exc:
                 last_error = exc
+                continue
+            _Deadline.watch_current(sock)  # before TLS: a dripped handshake is cut too
+            return sock
         raise last_error  # type: ignore[misc]
 
 
@@ -80,6 +88,12 @@ class _GuardedPoolMixin:
     def _new_conn(self):
         conn = super()._new_conn()
         conn.resolve_checked = self.resolve_checked
+        return conn
+
+    def _get_conn(self, timeout=None):
+        conn = super()._get_conn(timeout)
+        if conn.sock is not None:  # a kept-alive connection: new sockets are watched in _new_conn
+            _Deadline.watch_current(conn.sock)
         return conn
 
 
@@ -140,6 +154,68 @@ def make_session(settings: Settings, resolver: guard.Resolver = guard.system_res
 # --- one download ------------------------------------------------------------------
 
 
+class _Deadline:
+    """One download's overall time limit, enforced on the sockets it uses.
+
+    Socket timeouts count per read, so a server that sends its headers (or a TLS
+    handshake, or a chunk header) a byte at a time would hold a worker for as long as
+    it likes. A timer shuts every socket of the download down when the deadline passes,
+    which ends any blocked read at once; the reader then reports a timeout.
+    """
+
+    _local = threading.local()  # the download running on this thread: sockets find it here
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expires = time.monotonic() + seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    @classmethod
+    def current(cls) -> "_Deadline | None":
+        return getattr(cls._local, "deadline", None)
+
+    @classmethod
+    def watch_current(cls, sock: socket.socket) -> None:
+        deadline = cls.current()
+        if deadline is not None:
+            deadline.watch(sock)
+
+    def remaining(self) -> float:
+        return self.expires - time.monotonic()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+    def __enter__(self) -> "_Deadline":
+        self._local.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        self._local.deadline = None
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:  # the plain socket's method: SSLSocket.shutdown would drop its state under a reader
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
 def fetch(session: requests.Session, url: str, settings: Settings,
           headers: Mapping[str, str] | None = None) -> bytes:
     """The body of `url`, or an ItemError saying why not.
@@ -148,29 +224,29 @@ def fetch(session: requests.Session, url: str, settings: Settings,
     by requests' own rule for stripping credentials on a redirect.
     """
     guard.check_url(url, settings.max_url_length)
-    deadline = time.monotonic() + settings.fetch_deadline
-    for _ in range(settings.max_redirects + 1):
-        response = _get(session, url, settings, deadline, headers)
-        with response:
-            if response.is_redirect:
-                target = urljoin(url, response.headers["location"])
-                guard.check_url(target, settings.max_url_length)
-                if headers and session.should_strip_auth(url, target):
-                    headers = None
-                url = target
-                continue
-            if not 200 <= response.status_code < 300:
-                raise HttpStatus(
-                    f"image server answered {response.status_code} {response.reason}",
-                    response.status_code,
-                )
-            return _read_body(response, settings, deadline)
+    with _Deadline(settings.fetch_deadline) as deadline:
+        for _ in range(settings.max_redirects + 1):
+            response = _get(session, url, settings, deadline, headers)
+            with response:
+                if response.is_redirect:
+                    target = urljoin(url, response.headers["location"])
+                    guard.check_url(target, settings.max_url_length)
+                    if headers and session.should_strip_auth(url, target):
+                        headers = None
+                    url = target
+                    continue
+                if not 200 <= response.status_code < 300:
+                    raise HttpStatus(
+                        f"image server answered {response.status_code} {response.reason}",
+                        response.status_code,
+                    )
+                return _read_body(response, settings, deadline)
     raise TooManyRedirects(f"more than {settings.max_redirects} redirects")
 
 
-def _get(session: requests.Session, url: str, settings: Settings, deadline: float,
+def _get(session: requests.Session, url: str, settings: Settings, deadline: _Deadline,
          headers: Mapping[str, str] | None) -> requests.Response:
-    remaining = deadline - time.monotonic()
+    remaining = deadline.remaining()
     if remaining <= 0:
         raise FetchTimeout(f"no answer within {settings.fetch_deadline:g} s")
     timeout = (min(settings.connect_timeout, remaining), min(settings.read_timeout, remaining))
@@ -181,10 +257,12 @@ def _get(session: requests.Session, url: str, settings: Settings, deadline: floa
     except requests.Timeout as exc:
         raise FetchTimeout(f"timed out: {_reason(exc)}") from exc
     except requests.RequestException as exc:
+        if deadline.expired:  # the watchdog cut the connection
+            raise FetchTimeout(f"no answer within {settings.fetch_deadline:g} s") from exc
         raise FetchFailed(f"could not fetch: {_reason(exc)}") from exc
 
 
-def _read_body(response: requests.Response, settings: Settings, deadline: float) -> bytes:
+def _read_body(response: requests.Response, settings: Settings, deadline: _Deadline) -> bytes:
     limit = settings.max_image_bytes
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -193,19 +271,24 @@ def _read_body(response: requests.Response, settings: Settings, deadline: float)
     sock = getattr(getattr(raw, "connection", None), "sock", None)
     chunks: list[bytes] = []
     size = 0
+    too_slow = f"download took longer than {settings.fetch_deadline:g} s"
     while True:
-        remaining = deadline - time.monotonic()
+        remaining = deadline.remaining()
         if remaining <= 0:
-            raise FetchTimeout(f"download took longer than {settings.fetch_deadline:g} s")
-        if sock is not None:  # a slow drip must not outlive the deadline
+            raise FetchTimeout(too_slow)
+        if sock is not None:  # a stalled read times out without waiting for the watchdog
             sock.settimeout(min(settings.read_timeout, remaining))
         try:
             chunk = raw.read1(CHUNK_BYTES, decode_content=True)
         except (urllib3.exceptions.ReadTimeoutError, TimeoutError, socket.timeout) as exc:
             raise FetchTimeout(f"read timed out: {_reason(exc)}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if deadline.expired:
+                raise FetchTimeout(too_slow) from exc
             raise FetchFailed(f"connection broke mid-body: {_reason(exc)}") from exc
         if not chunk:
+            if deadline.expired:  # the end of the body, or the watchdog's shutdown
+                raise FetchTimeout(too_slow)
             break
         size += len(chunk)
         if size > limit:

@@ -16,6 +16,7 @@ from typing import Any
 
 import flask
 
+from . import events
 from .errors import BadRequest, ClassifierError, MethodNotAllowed, ModelUnavailable, NotFound, RequestTooLarge
 from .pipeline import Classifier
 
@@ -104,6 +105,7 @@ class HttpApp:
     def __init__(self, classifier: Classifier):
         self.classifier = classifier
         self.settings = classifier.settings
+        self.events = events.EventHandler(classifier)
 
     def __call__(self, request: flask.Request) -> flask.Response:
         try:
@@ -127,6 +129,8 @@ class HttpApp:
         return self.post(request)
 
     def post(self, request: flask.Request) -> flask.Response:
+        if events.is_cloud_event(request.headers):
+            return self.event(request)
         if request.mimetype != JSON:
             raise BadRequest(f"POST a JSON body with Content-Type: {JSON} (got {request.mimetype or 'none'!r})")
         body = read_body(request, self.settings.max_request_bytes)
@@ -134,6 +138,14 @@ class HttpApp:
 
     def classify(self, parsed: ClassifyRequest) -> flask.Response:
         return json_response(self.classifier.classify_urls(parsed.urls, parsed.top_k))
+
+    def event(self, request: flask.Request) -> flask.Response:
+        """A storage CloudEvent: the reply event in binary mode, or 204 when it is skipped."""
+        reply = self.events.handle(request.headers, read_body(request, self.settings.max_request_bytes))
+        if reply is None:
+            return flask.Response(status=204)
+        headers, body = reply
+        return flask.Response(body, headers=headers)
 
 
 def _allow(request: flask.Request, *methods: str) -> None:

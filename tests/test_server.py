@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -32,14 +33,14 @@ def wait_healthy(base: str, process: subprocess.Popen, seconds: float = 60) -> N
     raise AssertionError("server did not become healthy")
 
 
-@pytest.fixture
-def server(stand_in):
+@contextlib.contextmanager
+def functions_framework(env: dict[str, str]):
+    """`functions-framework --target classify` with `env`, healthy: yields (base URL, process)."""
     port = free_port()
-    env = python_env(stand_in.env())
     process = subprocess.Popen(
         [sys.executable, "-m", "functions_framework", "--source", "function/main.py",
          "--target", "classify", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT, env=python_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -48,6 +49,12 @@ def server(stand_in):
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture
+def server(stand_in):
+    with functions_framework(stand_in.env()) as running:
+        yield running
 
 
 def test_functions_framework_serves_health_and_classification(server, stand_in):

@@ -22,6 +22,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
 
+from . import fetch
 from .config import Settings
 from .errors import BadRequest, InvalidUrl, ItemError, StorageUnavailable, TooLarge, UnsupportedEvent
 from .pipeline import Classifier, Source
@@ -41,7 +42,11 @@ GCS_SKIPPED = frozenset({
 # S3-style record "com.amazonaws." + its eventName: "s3:ObjectCreated:Put" from MinIO,
 # "ObjectCreated:Put" from AWS S3 and Ceph.
 S3_TYPE_PREFIX = "com.amazonaws."
-S3_CREATED = "ObjectCreated:"
+# New bytes in the bucket. MinIO's other ObjectCreated actions (PutTagging, PutRetention,
+# PutLegalHold, DeleteTagging) change metadata only, like every non-ObjectCreated family.
+S3_UPLOADS = frozenset({
+    "ObjectCreated:Put", "ObjectCreated:Post", "ObjectCreated:Copy", "ObjectCreated:CompleteMultipartUpload",
+})
 
 DEFAULT_TEMPLATES = {
     "gcs": "https://storage.googleapis.com/{bucket}/{name}",
@@ -114,15 +119,15 @@ def stored_objects(event: CloudEvent) -> list[StoredObject]:
     if action is None:
         raise UnsupportedEvent(
             f"unsupported event type {kind!r}: send {GCS_FINALIZED} (Eventarc) or "
-            f"{S3_TYPE_PREFIX}s3:{S3_CREATED}* (S3 / MinIO notifications); see docs/events.md"
+            f"{S3_TYPE_PREFIX}s3:ObjectCreated:Put and the like (S3 / MinIO notifications); see docs/events.md"
         )
-    if not action.startswith(S3_CREATED):
+    if action not in S3_UPLOADS:
         _skip(event, "not an upload")
         return []
     objects = []
     for record in _records(_data(event)):
         name = record.get("eventName")
-        if isinstance(name, str) and not name.removeprefix("s3:").startswith(S3_CREATED):
+        if isinstance(name, str) and name.removeprefix("s3:") not in S3_UPLOADS:
             _skip(event, f"record {name} is not an upload")
             continue
         objects.append(_s3_object(record))
@@ -154,6 +159,11 @@ class EventHandler:
     def __init__(self, classifier: Classifier):
         self.classifier = classifier
         self.settings = classifier.settings
+        # The operator named the bucket's host in the template, so it may be private (an
+        # in-cluster MinIO); strangers' URLs in JSON requests keep the classifier's session.
+        self.session = classifier.session
+        if self.settings.object_url_template:
+            self.session = fetch.make_session(dataclasses.replace(self.settings, allow_private_urls=True))
 
     def handle(self, headers: Headers, body: bytes) -> tuple[dict[str, str], bytes] | None:
         """The reply event's headers and body; None when nothing is to be classified (204)."""
@@ -179,7 +189,7 @@ class EventHandler:
 
     def _source(self, obj: StoredObject, auth: Headers, transient: list) -> Source:
         """The object's URL source, checked before fetching; transient failures are noted."""
-        source = self.classifier.url_source(obj.url(self.settings), auth)
+        url = obj.url(self.settings)
         limit = self.settings.max_image_bytes
 
         def load() -> bytes:
@@ -190,13 +200,13 @@ class EventHandler:
                 # bucket's token, would read another object than the one uploaded
                 raise InvalidUrl("an object name with a '.' or '..' segment cannot be fetched by URL")
             try:
-                return source.load()
+                return fetch.fetch(self.session, url, self.settings, auth)
             except ItemError as exc:
                 if exc.transient:
                     transient.append((obj, exc))
                 raise
 
-        return Source(source.name, load)
+        return Source(url, load)
 
 
 def bucket_auth(settings: Settings) -> dict[str, str]:

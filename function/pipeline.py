@@ -7,7 +7,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import requests
@@ -53,8 +53,8 @@ class Classifier:
         }
         self.default_model = specs[0].name
 
-    def url_source(self, url: str, headers: Mapping[str, str] | None = None) -> Source:
-        return Source(url, lambda: fetch.fetch(self.session, url, self.settings, headers))
+    def url_source(self, url: str) -> Source:
+        return Source(url, lambda: fetch.fetch(self.session, url, self.settings))
 
     def model(self, name: str | None = None) -> LazyModel:
         """The named model (default: the first configured), or UnknownModel (400)."""

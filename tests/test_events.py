@@ -231,7 +231,8 @@ def test_unicode_subject_is_percent_encoded_in_the_header(client, stand_in):
     assert reply_of(response).data["object"] == "Rotkehlchen ✓.png"
 
 
-@pytest.mark.parametrize("event_name", ["s3:ObjectCreated:Put", "ObjectCreated:CompleteMultipartUpload"])
+@pytest.mark.parametrize("event_name", ["s3:ObjectCreated:Put", "s3:ObjectCreated:Copy",
+                                        "ObjectCreated:CompleteMultipartUpload", "ObjectCreated:Post"])
 def test_eventing_ceph_adapter_sends_one_record_per_event(client, stand_in, event_name):
     put_object(stand_in, "/ceph-one/tit.png", BLUE)
     record = s3_record("ceph-one", "tit.png", event_name=event_name, content_type=None, size=None)
@@ -298,8 +299,10 @@ def test_untyped_object_with_an_image_name_is_classified(client, stand_in):
     s3_event(s3_record("s3-del", "robin.png", "s3:ObjectRemoved:Delete"), type="com.amazonaws.s3:ObjectRemoved:Delete"),
     ceph_adapter_event(s3_record("s3-del", "robin.png", "ObjectRemoved:DeleteMarkerCreated")),
     ceph_adapter_event(s3_record("s3-del", "robin.png", "s3:ObjectAccessed:Get")),
+    ceph_adapter_event(s3_record("s3-del", "robin.png", "s3:ObjectCreated:PutTagging")),
     s3_event(s3_record("s3-del", "robin.png", "s3:ObjectRemoved:Delete")),  # an upload type, no upload record
-], ids=["gcs-deleted", "gcs-metadata", "gcs-archived", "s3-removed", "ceph-removed", "minio-accessed", "records"])
+], ids=["gcs-deleted", "gcs-metadata", "gcs-archived", "s3-removed", "ceph-removed", "minio-accessed",
+        "minio-tagging", "records"])
 def test_deletions_and_metadata_updates_are_acknowledged_and_skipped(client, stand_in, function_logs, event):
     response = post(client, event)
     assert response.status_code == 204
@@ -481,6 +484,15 @@ def test_token_follows_same_origin_redirects_only(monkeypatch, bucket_env, use_s
     assert server.request_headers["/redirects/same-target.png"]["Authorization"] == f"Bearer {TOKEN}"
     assert server.request_headers["/redirects/away.png"]["Authorization"] == f"Bearer {TOKEN}"
     assert "Authorization" not in server.request_headers["/moved/robin.png"]
+
+
+def test_template_host_may_be_private_while_json_urls_may_not(monkeypatch, bucket_env, use_stand_in):
+    monkeypatch.setenv("CLASSIFIER_ALLOW_PRIVATE_URLS", "0")  # an in-cluster MinIO, a strict JSON API
+    client = function_client()
+    url = put_object(use_stand_in, "/in-cluster/robin.png", RED)
+    reply = reply_of(post(client, gcs_event("in-cluster", "robin.png")))
+    assert reply.data["result"]["predictions"][0]["label"] == ROBIN
+    assert client.post("/", json={"urls": [url]}).get_json()["results"][0]["error"]["code"] == "forbidden_url"
 
 
 # --- configuration ---------------------------------------------------------------------------

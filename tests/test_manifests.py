@@ -29,6 +29,9 @@ MANIFESTS = {
     "trigger-storage.yaml": [
         ("eventing.knative.dev/v1", "Trigger", "bird-classifier-gcs-finalized"),
         ("eventing.knative.dev/v1", "Trigger", "bird-classifier-s3-put"),
+        ("eventing.knative.dev/v1", "Trigger", "bird-classifier-s3-post"),
+        ("eventing.knative.dev/v1", "Trigger", "bird-classifier-s3-copy"),
+        ("eventing.knative.dev/v1", "Trigger", "bird-classifier-s3-multipart"),
     ],
     "source-minio.yaml": [
         ("serving.knative.dev/v1", "Service", "minio-s3-adapter"),
@@ -290,12 +293,23 @@ def test_no_private_url_switch_in_any_manifest():
 
 def test_storage_triggers_send_object_created_events_to_the_classifier():
     triggers = load("trigger-storage.yaml")
-    assert {t["spec"]["filter"]["attributes"]["type"] for t in triggers} == {
-        "google.cloud.storage.object.v1.finalized", "com.amazonaws.s3:ObjectCreated:Put"}
+    assert [t["spec"]["filter"]["attributes"]["type"] for t in triggers] == [
+        "google.cloud.storage.object.v1.finalized",
+        *(f"com.amazonaws.s3:ObjectCreated:{action}" for action in ("Put", "Post", "Copy", "CompleteMultipartUpload")),
+    ]
     for trigger in triggers:
         assert trigger["spec"]["broker"] == "default"
         assert trigger["spec"]["subscriber"]["ref"] == {
             "apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "bird-classifier"}
+
+
+def test_storage_triggers_route_exactly_the_events_the_classifier_handles():
+    from function import events
+
+    s3 = {f"{events.S3_TYPE_PREFIX}s3:{action}" for action in events.S3_UPLOADS}
+    routed = {t["spec"]["filter"]["attributes"]["type"] for t in load("trigger-storage.yaml")}
+    assert routed == {events.GCS_FINALIZED} | s3
+    assert load("trigger-classified.yaml")[0]["spec"]["filter"]["attributes"]["type"] == events.REPLY_TYPE
 
 
 def test_replies_go_to_event_display():

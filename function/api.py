@@ -8,6 +8,8 @@ surprise a JSON 500 without a traceback (none is expected; tests fuzz for it).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.resources
 import json
 import logging
 import math
@@ -16,7 +18,7 @@ from typing import Any
 
 import flask
 
-from . import events
+from . import events, uploads
 from .errors import BadRequest, ClassifierError, MethodNotAllowed, ModelUnavailable, NotFound, RequestTooLarge
 from .pipeline import Classifier
 
@@ -24,28 +26,39 @@ logger = logging.getLogger(__name__)
 
 MAX_TOP_K = 20
 JSON = "application/json"
+HTML = "text/html"
+MULTIPART = "multipart/form-data"
+# The page inlines its own script and style (no CDN); thumbnails of pasted URLs load from anywhere.
+PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+               "img-src * data: blob:; connect-src 'self'; base-uri 'none'; form-action 'self'")
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassifyRequest:
     urls: tuple[str, ...]
     top_k: int
+    model: str | None = None  # None: the default model
 
 
 def parse_json_body(body: bytes, default_top_k: int) -> ClassifyRequest:
-    """`{"urls": [...], "top_k": k}` or a BadRequest naming what is wrong."""
+    """`{"urls": [...], "top_k": k, "model": name}` or a BadRequest naming what is wrong."""
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise BadRequest('body must be a JSON object like {"urls": ["https://..."]}')
-    return ClassifyRequest(_urls(payload.get("urls")), _top_k(payload.get("top_k", default_top_k)))
+    return ClassifyRequest(_urls(payload.get("urls")), _top_k(payload.get("top_k", default_top_k)),
+                           _model(payload.get("model")))
 
 
 def parse_query(args: Mapping[str, Any], default_top_k: int) -> ClassifyRequest:
-    """`?url=A&url=B&top_k=3` (werkzeug MultiDict)."""
-    urls = args.getlist("url")
+    """`?url=A&url=B&top_k=3&model=name` (werkzeug MultiDict)."""
+    return ClassifyRequest(_urls(args.getlist("url") or None), *query_options(args, default_top_k))
+
+
+def query_options(args: Mapping[str, Any], default_top_k: int) -> tuple[int, str | None]:
+    """`top_k` and `model` from a query string (GET, and POSTed uploads)."""
     raw_k = args.get("top_k")
     if raw_k is None:
         top_k = default_top_k
@@ -54,7 +67,7 @@ def parse_query(args: Mapping[str, Any], default_top_k: int) -> ClassifyRequest:
             top_k = int(raw_k)
         except ValueError:
             raise BadRequest(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {raw_k!r}") from None
-    return ClassifyRequest(_urls(urls or None), _top_k(top_k))
+    return _top_k(top_k), _model(args.get("model"))
 
 
 def _urls(value: Any) -> tuple[str, ...]:
@@ -70,6 +83,12 @@ def _urls(value: Any) -> tuple[str, ...]:
 def _top_k(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOP_K:
         raise BadRequest(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {value!r}")
+    return value
+
+
+def _model(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise BadRequest(f"model must be a model name (GET /models lists them), got {value!r}")
     return value
 
 
@@ -99,6 +118,12 @@ def read_body(request: flask.Request, limit: int) -> bytes:
     return body
 
 
+@functools.cache
+def resource(name: str) -> bytes:
+    """A file shipped in the package (the page, the OpenAPI document), read once."""
+    return importlib.resources.files(__package__).joinpath(name).read_bytes()
+
+
 class HttpApp:
     """`classify`'s body: one instance per process, built from a Classifier."""
 
@@ -121,23 +146,53 @@ class HttpApp:
         if path == "/healthz":
             _allow(request, "GET", "HEAD")
             return json_response({"status": "ok"})
+        if path == "/models":
+            _allow(request, "GET")
+            return json_response(self.models())
+        if path == "/openapi.json":
+            _allow(request, "GET")
+            return flask.Response(resource("openapi.json"), mimetype=JSON)
         if path != "/":
             raise NotFound(f"no such path: {request.path}")
         _allow(request, "GET", "POST")
         if request.method == "GET":
+            if "url" not in request.args and request.accept_mimetypes.best_match([JSON, HTML]) == HTML:
+                return flask.Response(resource("static/index.html"), mimetype=HTML,
+                                      headers={"Content-Security-Policy": PAGE_POLICY})
             return self.classify(parse_query(request.args, self.settings.top_k))
         return self.post(request)
 
     def post(self, request: flask.Request) -> flask.Response:
         if events.is_cloud_event(request.headers):
             return self.event(request)
+        if request.mimetype == MULTIPART or request.mimetype.startswith("image/"):
+            return self.upload(request)
         if request.mimetype != JSON:
-            raise BadRequest(f"POST a JSON body with Content-Type: {JSON} (got {request.mimetype or 'none'!r})")
+            raise BadRequest(f"POST a JSON body with Content-Type: {JSON}, a {MULTIPART} form "
+                             f"or an image/* body (got {request.mimetype or 'none'!r})")
         body = read_body(request, self.settings.max_request_bytes)
         return self.classify(parse_json_body(body, self.settings.top_k))
 
     def classify(self, parsed: ClassifyRequest) -> flask.Response:
-        return json_response(self.classifier.classify_urls(parsed.urls, parsed.top_k))
+        return json_response(self.classifier.classify_urls(parsed.urls, parsed.top_k, parsed.model))
+
+    def upload(self, request: flask.Request) -> flask.Response:
+        """`image` parts of a form, or one raw image named by `?name=`; options in the query."""
+        body = read_body(request, self.settings.max_upload_bytes)
+        if request.mimetype == MULTIPART:
+            sources = uploads.multipart_sources(body, request.mimetype_params, self.settings)
+        else:
+            name = request.args.get("name") or uploads.DEFAULT_NAME
+            sources = [uploads.image_source(name, body, self.settings.max_image_bytes)]
+        top_k, model = query_options(request.args, self.settings.top_k)
+        return json_response(self.classifier.classify(sources, top_k, model))
+
+    def models(self) -> dict[str, Any]:
+        """GET /models: the registry as configured, and which models are loaded (loads none)."""
+        return {
+            "default": self.classifier.default_model,
+            "models": [{**lazy.spec.describe(), "loaded": lazy.loaded} for lazy in self.classifier.models.values()],
+        }
 
     def event(self, request: flask.Request) -> flask.Response:
         """A storage CloudEvent: the reply event in binary mode, or 204 when it is skipped."""

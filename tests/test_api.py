@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import sys
 
 import pytest
+
+from conftest import ROOT, function_client
+from fixtures import images as test_images
 
 
 def error_of(response):
@@ -101,3 +106,124 @@ def test_huge_body_is_413(app_client):
     response = app_client.post("/", data=body, content_type="application/json")
     assert response.status_code == 413
     assert error_of(response)["code"] == "request_too_large"
+
+
+# --- uploads, models, the page and the API description ---------------------------------
+
+
+def png(colour) -> bytes:
+    return test_images.encode(test_images.solid(colour))
+
+
+@pytest.fixture
+def client(use_stand_in, flowers, monkeypatch):
+    """The app with the flowers in the registry beside the (default) birds."""
+    monkeypatch.setenv("CLASSIFIER_MODELS", flowers.registry())
+    return function_client()
+
+
+def test_multipart_uploads_are_named_by_their_filenames(client):
+    files = [(io.BytesIO(png((250, 5, 5))), "robin.png"),
+             (io.BytesIO(test_images.encode(test_images.solid((5, 5, 250)), "JPEG")), "tit.jpg")]
+    response = client.post("/?top_k=2", data={"image": files, "note": "ignored"}, content_type="multipart/form-data")
+    assert response.status_code == 200, response.get_data()
+    results = response.get_json()["results"]
+    assert [r["url"] for r in results] == ["robin.png", "tit.jpg"]
+    assert [r["predictions"][0]["label"] for r in results] == ["Erithacus rubecula", "Cyanistes caeruleus"]
+    assert all(len(r["predictions"]) == 2 for r in results)
+
+
+def test_a_raw_image_body_is_named_by_the_query(client):
+    response = client.post("/?name=green.png&top_k=1", data=png((5, 250, 5)), content_type="image/png")
+    assert response.get_json()["results"] == [
+        {"url": "green.png", "predictions": [{"label": "Picus viridis", "score": pytest.approx(0.9, abs=0.1)}]}]
+    unnamed = client.post("/", data=b"not an image at all", content_type="image/jpeg")
+    assert unnamed.get_json()["results"] == [
+        {"url": "upload", "error": {"code": "not_an_image", "message": "the body is not an image in a format we can read"}}]
+
+
+def test_every_way_in_chooses_the_model(client, stand_in, flowers):
+    url = stand_in.image_url("api-flower.png", (20, 40, 220))
+    answers = [
+        client.post("/", json={"urls": [url], "model": "flowers"}),
+        client.get("/", query_string={"url": url, "model": "flowers"}),
+        client.post("/?model=flowers", data={"image": (io.BytesIO(png((20, 40, 220))), "f.png")},
+                    content_type="multipart/form-data"),
+        client.post("/?model=flowers", data=png((20, 40, 220)), content_type="image/png"),
+    ]
+    for response in answers:
+        body = response.get_json()
+        assert body["model"] == flowers.url
+        assert body["results"][0]["predictions"][0]["label"] == "tulips"
+    default = client.post("/", json={"urls": [url]}).get_json()
+    assert default["model"] == stand_in.model_url
+    assert default["results"][0]["predictions"][0]["label"] == "Cyanistes caeruleus"
+
+
+def test_models_lists_the_registry_and_what_is_loaded(client, stand_in, flowers):
+    listing = client.get("/models").get_json()
+    assert listing["default"] == "birds"
+    assert [(m["name"], m["url"], m["loaded"]) for m in listing["models"]] == [
+        ("birds", stand_in.model_url, False), ("flowers", flowers.url, False)]
+    assert listing["models"][1] | {"loaded": None} == {
+        "name": "flowers", "url": flowers.url, "labels": flowers.labels_url, "input_size": [180, 180],
+        "input_range": [0, 255], "output": "logits", "loaded": None}
+    client.post("/", json={"urls": [stand_in.image_url("api-load.png")]})
+    assert [m["loaded"] for m in client.get("/models").get_json()["models"]] == [True, False]
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, status, code",
+    [
+        ({"json": {"urls": ["http://a/b.jpg"], "model": "nope"}}, 400, "unknown_model"),
+        ({"json": {"urls": ["http://a/b.jpg"], "model": ""}}, 400, "bad_request"),
+        ({"json": {"urls": ["http://a/b.jpg"], "model": 3}}, 400, "bad_request"),
+        ({"query_string": {"model": "nope"}, "data": b"x", "content_type": "image/png"}, 400, "unknown_model"),
+        ({"query_string": {"top_k": "0"}, "data": b"x", "content_type": "image/png"}, 400, "bad_request"),
+        ({"data": {"photo": (io.BytesIO(b"x"), "a.png")}, "content_type": "multipart/form-data"}, 400, "bad_request"),
+        ({"data": b"--x\r\n", "content_type": "multipart/form-data"}, 400, "bad_request"),  # no boundary
+        ({"data": {"image": [(io.BytesIO(b"x"), f"{i}.png") for i in range(33)]},
+          "content_type": "multipart/form-data"}, 400, "too_many_urls"),  # counted by the pipeline
+        ({"data": {"image": [(io.BytesIO(b""), f"{i}.png") for i in range(49)]},
+          "content_type": "multipart/form-data"}, 400, "too_many_urls"),  # over 32 + 16 parts: by the parser
+        ({"data": b"x" * 10_001, "content_type": "image/png"}, 413, "request_too_large"),
+        ({"data": {"image": (io.BytesIO(b"x" * 10_001), "big.png")}, "content_type": "multipart/form-data"},
+         413, "request_too_large"),
+    ],
+)
+def test_upload_and_model_errors(use_stand_in, monkeypatch, request_kwargs, status, code):
+    monkeypatch.setenv("CLASSIFIER_MAX_UPLOAD_BYTES", "10000")
+    response = function_client().post("/", **request_kwargs)
+    assert response.status_code == status
+    assert error_of(response)["code"] == code
+
+
+def test_an_upload_over_the_image_limit_fails_alone(use_stand_in, monkeypatch):
+    monkeypatch.setenv("CLASSIFIER_MAX_IMAGE_BYTES", "2000")
+    big = test_images.encode(test_images.photo_like(100, 100))
+    data = {"image": [(io.BytesIO(big), "big.png"), (io.BytesIO(png((250, 5, 5))), "small.png")]}
+    results = function_client().post("/", data=data, content_type="multipart/form-data").get_json()["results"]
+    assert results[0] == {"url": "big.png", "error": {"code": "too_large",
+                                                      "message": f"image is {len(big)} bytes, the limit is 2000"}}
+    assert results[1]["predictions"][0]["label"] == "Erithacus rubecula"
+
+
+def test_browsers_get_the_page_and_everyone_else_json(app_client):
+    page = app_client.get("/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert "script-src 'unsafe-inline'" in page.headers["Content-Security-Policy"]
+    html = page.get_data(as_text=True)
+    assert "<title>Bird classifier</title>" in html
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # self-contained: no CDN
+    for accept in ("*/*", "application/json"):
+        assert error_of(app_client.get("/", headers={"Accept": accept}))["code"] == "bad_request"
+    url = "http://example.invalid/x.jpg"
+    assert app_client.get("/", query_string={"url": url}, headers={"Accept": "text/html"}).mimetype == "application/json"
+
+
+def test_openapi_document_is_served_and_other_methods_are_405(app_client):
+    response = app_client.get("/openapi.json")
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    assert response.get_json() == json.loads((ROOT / "function" / "openapi.json").read_text())
+    for path in ("/models", "/openapi.json"):
+        assert error_of(app_client.post(path))["code"] == "method_not_allowed"

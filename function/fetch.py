@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import socket
 import threading
 import time
@@ -45,7 +46,17 @@ def redact(url: str) -> str:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
         return "<invalid url>"
+    if not parts.scheme:  # a local path
+        return parts.path
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+_URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+
+
+def scrub(text: str) -> str:
+    """`text` with every URL in it redacted: libraries quote whole URLs in their errors."""
+    return _URL_IN_TEXT.sub(lambda match: redact(match.group()), text)
 
 
 # --- connections that go only where the guard allowed ----------------------------

@@ -19,6 +19,7 @@ import numpy as np
 from . import labels, runtime
 from .config import ModelSpec
 from .errors import BadModel, ModelUnavailable
+from .fetch import redact, scrub
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class LazyModel:
                 return self._model
             wait = self._retry_at - time.monotonic()
             if self._last_error is not None and wait > 0:
-                raise ModelUnavailable(self._last_error.message, retry_after=wait)
+                raise type(self._last_error)(self._last_error.message, retry_after=wait)
             try:
                 self._model = self._load()
             except Exception as exc:  # noqa: BLE001 - any load failure is a 503, never a crash
@@ -84,7 +85,7 @@ class LazyModel:
     def _load(self) -> LoadedModel:
         started = time.perf_counter()
         self.load_count += 1
-        logger.info("loading model %s (%s runtime)", self.spec.url, self._runtime)
+        logger.info("loading model %s (%s runtime)", redact(self.spec.url), self._runtime)
         predict = runtime.load(self.spec, self._runtime, self._cache_dir)
         names = labels.load_labels(self.spec.labels_url)
         width, height = self.spec.input_size
@@ -104,11 +105,12 @@ class LazyModel:
         self._failures += 1
         backoff = min(self._retry_seconds * 2 ** (self._failures - 1), MAX_BACKOFF_SECONDS)
         self._retry_at = time.monotonic() + backoff
+        # The message goes to callers and logs: URLs in it (signed ones) are redacted.
         if isinstance(exc, ModelUnavailable):
-            error = type(exc)(exc.message, retry_after=backoff)
+            error = type(exc)(scrub(exc.message), retry_after=backoff)
         else:
             error = ModelUnavailable(
-                f"cannot load model {self.spec.name!r}: {type(exc).__name__}: {exc}",
+                scrub(f"cannot load model {self.spec.name!r}: {type(exc).__name__}: {exc}"),
                 retry_after=backoff,
             )
         self._last_error = error

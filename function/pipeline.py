@@ -105,7 +105,7 @@ class Classifier:
                               "errors": sorted({r["error"]["code"] for r in results if "error" in r}),
                               "timings_ms": timings_ms}},
         )
-        return {"model": lazy.spec.url, "results": results, "timings_ms": timings_ms}
+        return {"model": fetch.redact(lazy.spec.url), "results": results, "timings_ms": timings_ms}
 
     def _prepare(self, source: Source, spec: ModelSpec) -> _Item:
         item = _Item(source)

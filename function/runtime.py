@@ -23,6 +23,7 @@ import numpy as np
 from . import labels
 from .config import ModelSpec
 from .errors import BadModel
+from .fetch import redact
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def tflite_path(spec: ModelSpec, cache_dir: str) -> Path:
     path = Path(cache_dir) / f"{key}.tflite"
     if not path.exists():
         if is_tflite(spec.url):
-            logger.info("downloading %s to %s for the litert runtime", spec.url, path)
+            logger.info("downloading %s to %s for the litert runtime", redact(spec.url), path)
             _write_atomically(path, labels.read_source(spec.url))
         else:
             _convert_to_tflite(spec, path)
@@ -101,7 +102,7 @@ def _convert_to_tflite(spec: ModelSpec, path: Path) -> None:
     """Convert the Hub model once; written atomically so concurrent processes agree."""
     import tensorflow as tf
 
-    logger.info("converting %s to %s for the litert runtime", spec.url, path)
+    logger.info("converting %s to %s for the litert runtime", redact(spec.url), path)
     module, signature = _load_hub(spec)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([signature], module)
     _write_atomically(path, converter.convert())

@@ -326,8 +326,8 @@ def test_unknown_event_type_is_refused(client, type):
     assert repr(type) in error["message"] and "google.cloud.storage.object.v1.finalized" in error["message"]
 
 
-BINARY = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/test", "ce-type": "google.cloud.storage.object.v1.finalized",
-          "Content-Type": "application/json"}
+BINARY = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/test",
+          "ce-type": "google.cloud.storage.object.v1.finalized", "Content-Type": "application/json"}
 
 
 @pytest.mark.parametrize("headers, body", [

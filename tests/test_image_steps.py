@@ -193,7 +193,7 @@ def test_install_succeeds_offline_without_resolving_dependencies(installed):
         assert step.returncode == 0, step.stdout + step.stderr
     listing = subprocess.run([venv / "bin" / "python", "-c",
                               "import importlib.metadata as m; print(sorted(d.metadata['Name'] for d in m.distributions()))"],
-                             capture_output=True, text=True, check=True).stdout
+                             cwd=venv, capture_output=True, text=True, check=True).stdout  # not the repo: its egg-info
     assert listing.strip() == "['tinyapp', 'tinylib']", "no pip, no dependency: only what was asked"
 
 

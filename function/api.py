@@ -100,12 +100,7 @@ def error_response(error: ClassifierError) -> flask.Response:
     headers = {}
     if isinstance(error, ModelUnavailable):
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
-    response = json_response({"error": error.to_dict()}, error.status, headers)
-    if isinstance(error, RequestTooLarge):
-        # functions-framework reads the whole body after every non-streamed response;
-        # a streamed one leaves the oversized body unread (the server discards it).
-        response.response = iter([response.get_data()])
-    return response
+    return json_response({"error": error.to_dict()}, error.status, headers)
 
 
 def read_body(request: flask.Request, limit: int) -> bytes:
@@ -133,6 +128,15 @@ class HttpApp:
         self.events = events.EventHandler(classifier)
 
     def __call__(self, request: flask.Request) -> flask.Response:
+        response = self.answer(request)
+        if request.content_length or request.headers.get("Transfer-Encoding"):
+            # functions-framework reads the whole request body into memory after every
+            # non-streamed response. Streamed, the answer leaves what no handler read (an
+            # oversized or unwanted body) to the server, which discards it unkept.
+            response.response = iter([response.get_data()])
+        return response
+
+    def answer(self, request: flask.Request) -> flask.Response:
         try:
             return self.route(request)
         except ClassifierError as exc:

@@ -227,3 +227,50 @@ def test_openapi_document_is_served_and_other_methods_are_405(app_client):
     assert response.get_json() == json.loads((ROOT / "function" / "openapi.json").read_text())
     for path in ("/models", "/openapi.json"):
         assert error_of(app_client.post(path))["code"] == "method_not_allowed"
+
+
+class CountingBody(io.RawIOBase):
+    """A request body of `size` bytes made up as it is read, counting what is read."""
+
+    def __init__(self, size: int):
+        self.size, self.position, self.read_bytes = size, 0, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:  # the test client measures the body by seeking
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.position = {0: offset, 1: self.position + offset, 2: self.size + offset}[whence]
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        count = max(0, min(len(buffer), self.size - self.position))
+        buffer[:count] = b"{" * count
+        self.position += count
+        self.read_bytes += count
+        return count
+
+
+@pytest.mark.parametrize(
+    "method, path, content_type, status",
+    [
+        ("POST", "/", "application/json", 413),
+        ("POST", "/", "text/plain", 400),
+        ("GET", "/", "application/json", 400),
+        ("POST", "/healthz", "application/json", 405),
+        ("GET", "/healthz", "application/json", 200),
+        ("PUT", "/nope", "application/json", 404),
+    ],
+)
+def test_a_huge_body_is_never_read_into_memory(app_client, method, path, content_type, status):
+    """functions-framework reads every unread request body after the answer; no answer
+    may let it read more than the request limit (1 MiB by default)."""
+    body = CountingBody(64 * 1024 * 1024)
+    response = app_client.open(path, method=method, input_stream=body, headers={"Content-Type": content_type})
+    assert response.status_code == status
+    assert body.read_bytes <= 1024 * 1024 + 1

@@ -1,0 +1,1 @@
+"""The benchmark behind `scripts/bench`: the original algorithm vs this function, one run."""

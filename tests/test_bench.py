@@ -1,0 +1,243 @@
+"""The benchmark's pieces, cheaply: the baseline is faithful, the stand-in internet
+throttles, processes are measured, goals are computed from the right numbers.
+No assertion here is about how fast anything is."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from benchlib import corpus, network, procs, report
+from fixtures import images as test_images
+from function.config import load_settings
+from function.pipeline import Classifier
+
+COLOURS = {"red": (230, 20, 30), "green": (10, 200, 40), "blue": (20, 40, 220)}
+
+
+def test_baseline_gives_the_pipelines_top3(use_stand_in, stand_in, capsys):
+    from benchlib import baseline  # imports tensorflow_hub, as the original script did
+
+    urls = [stand_in.image_url(f"bench-{name}.png", colour) for name, colour in COLOURS.items()]
+    assert baseline.main([stand_in.model_url, stand_in.labels_url, *urls]) == 0
+    *rows, last = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    ours = Classifier(load_settings()).classify_urls(urls, top_k=3)["results"]
+    assert [r["url"] for r in rows] == urls
+    assert [[p["label"] for p in r["predictions"]] for r in rows] == \
+        [[p["label"] for p in r["predictions"]] for r in ours]
+    assert rows[0]["predictions"][0]["label"] == "Erithacus rubecula"
+    assert set(last["phases"]) == {"import", "model_load", "labels", "download", "decode", "inference",
+                                   "sort", "total"}
+
+
+def tiny_corpus(tmp_path, sizes=((320, 240), (640, 480))) -> corpus.Corpus:
+    images = []
+    for index, (width, height) in enumerate(sizes):
+        data = test_images.encode(test_images.photo_like(width, height, index), "JPEG", quality=80)
+        images.append(corpus.Image(f"{index}.jpg", width, height, 80, data))
+    (tmp_path / "model.tar.gz").write_bytes(b"model")
+    (tmp_path / "labels.csv").write_text("id,name\n0,a\n")
+    return corpus.Corpus(tmp_path / "model.tar.gz", tmp_path / "labels.csv", tuple(images))
+
+
+def test_profile_spreads_latency_over_its_range():
+    profile = network.Profile("test", 0.1, 0.4, 1e6)
+    assert profile.latencies(4) == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert profile.latencies(1) == [0.4]
+
+
+def test_served_images_wait_for_their_latency_and_rate_but_lan_copies_do_not(tmp_path):
+    fixtures = tiny_corpus(tmp_path)
+    profile = network.Profile("test", min_latency=0.2, max_latency=0.3, rate=100_000)
+    with network.serve(fixtures, profile) as site:
+        by_size = sorted(fixtures.images, key=lambda image: len(image.data))
+        for url, latency, image in zip(site.images, profile.latencies(2), by_size):
+            started = time.perf_counter()
+            body = requests.get(url, timeout=30).content
+            assert body == image.data
+            # the server paces by writing a 16 KiB chunk, then waiting its share of the rate
+            assert time.perf_counter() - started >= 0.9 * (latency + (len(body) - 16384) / profile.rate)
+        routes = site.server._server.routes
+        assert [routes[u.split(str(site.server.port))[1]].latency for u in site.lan_images] == [0.0, 0.0]
+        assert requests.get(site.lan_images[-1], timeout=30).content == by_size[-1].data
+        assert site.largest() == site.images[-1]
+        assert requests.get(site.labels_url, timeout=30).text == "id,name\n0,a\n"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(site.images[0], timeout=5)  # stopped with its block
+
+
+def test_corpus_is_read_from_its_cache_without_rebuilding(tmp_path, monkeypatch):
+    root = tmp_path / f"corpus-v{corpus.VERSION}"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(b"jpeg")
+    (root / "manifest.json").write_text(json.dumps(
+        {"images": [{"name": "a.jpg", "width": 8, "height": 6, "quality": 70}]}))
+    monkeypatch.setattr(corpus, "_build", lambda root: pytest.fail("rebuilt a cached corpus"))
+    loaded = corpus.load(tmp_path, log=lambda message: None)
+    assert loaded.images == (corpus.Image("a.jpg", 8, 6, 70, b"jpeg"),)
+    assert loaded.model_archive == root / "mobilenet_v2.tar.gz"
+
+
+def test_jpeg_quality_is_chosen_to_hit_a_size():
+    image = test_images.photo_like(400, 300)
+    quality, data = corpus._jpeg_near(image, 40_000)
+    assert abs(len(data) - 40_000) < 0.2 * 40_000
+    assert data == test_images.encode(image, "JPEG", quality=quality)
+
+
+def test_measured_process_reports_exit_output_and_peak_rss():
+    done = procs.run(["-c", "import sys; b = bytearray(150 * 2**20); print('ok'); sys.exit(3)"],
+                     procs.python_env({}), timeout=60)
+    assert (done.returncode, done.stdout) == (3, "ok\n")
+    assert done.peak_rss_mb >= 150
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        procs.checked(done, "the child")
+
+
+def test_server_settings_come_from_the_dockerfile():
+    env = procs.dockerfile_env(["WORKERS", "THREADS"])
+    assert env["WORKERS"] == "1" and int(env["THREADS"]) >= 1
+
+
+def test_probe_infers_and_measures_decode_levers_on_the_stand_in(use_stand_in, tmp_path):
+    from benchlib import probe
+
+    fixtures = tiny_corpus(tmp_path, sizes=((320, 240), (1600, 1200)))
+    scores_path = tmp_path / "scores.npy"
+    result = probe.infer(fixtures, [1, 2], repeat=2, threads=None, scores_path=scores_path)
+    assert result["runtime"] == "litert"
+    assert sorted(result["inference_s"]) == ["1", "2"] and all(len(v) == 2 for v in result["inference_s"].values())
+    scores = np.load(scores_path)
+    assert scores.shape == (2, 4)
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)
+
+    levers = probe.decode_levers(fixtures, repeat=1)
+    shipped = levers[report.SHIPPED_DECODE]
+    assert shipped["top3_same"] and shipped["max_score_change"] == 0.0
+    assert {"no draft, BILINEAR", "draft, NEAREST", "draft, BICUBIC"} <= set(levers)
+    assert all(set(v["decode_ms"]) == {"0.jpg", "1.jpg"} for v in levers.values())
+
+
+def test_decode_variants_really_change_the_decoder():
+    from benchlib import probe
+    from function import images
+
+    data = test_images.encode(test_images.photo_like(1600, 1200), "JPEG", quality=80)
+    settings = load_settings()
+
+    def shipped(body):
+        return images.decode(body, (224, 224), settings.max_image_pixels, settings.allowed_formats)
+
+    no_draft = probe._patched(shipped, "PIL.JpegImagePlugin.JpegImageFile.draft", lambda self, mode, size: None)
+    nearest = probe._with_filter(shipped, "NEAREST")
+    reference = shipped(data)
+    assert not np.array_equal(no_draft(data), reference)
+    assert not np.array_equal(nearest(data), reference)
+    assert np.array_equal(shipped(data), reference)  # the patches are gone afterwards
+
+
+# --- goals and the table ------------------------------------------------------------------
+
+
+def sample(median: float) -> dict:
+    return {"min": median * 0.9, "median": median, "runs": [median * 0.9, median, median * 1.1]}
+
+
+def results() -> dict:
+    """A full run's results, with round numbers."""
+    def runtime_entry(inference: float, first_answer: float, warm: float, throughput: list[float]):
+        return {
+            "inference": {"import_s": 0.1, "load_s": 0.2, "first_inference_s": 0.2,
+                          "inference_s": {"1": sample(inference / 4), "5": sample(inference)}},
+            "cold_start": {"healthz_s": 0.5, "first_answer_s": first_answer,
+                           "first_timings_ms": {"fetch": 900.0, "decode": 50.0, "model_load": 300.0,
+                                                "model_wait": 0.0, "inference": 100.0, "total": 1050.0}},
+            "warm_s": sample(warm),
+            "warm_timings_ms": {"fetch": 900.0, "total": 1000.0},
+            "throughput": [{"concurrency": c, "requests": 4, "images_per_s": rate, "latency_s": sample(0.2)}
+                           for c, rate in zip((1, 4), throughput)],
+            "peak_rss_mb": 200.0,
+        }
+
+    return {
+        "meta": {"plan": {"name": "full"}, "profile": {"min_latency": 0.15, "max_latency": 0.4, "rate": 3e6},
+                 "cpus": 2, "load_before": [0.5, 0, 0], "load_after": [0.6, 0, 0], "bench_seconds": 60.0,
+                 "images": [{"name": "a.jpg", "width": 800, "height": 600, "bytes": 150_000}]},
+        "first_conversion": {"seconds": 9.0, "peak_rss_mb": 1100.0},
+        "cold_cli": {
+            "baseline": {"seconds": sample(10.0), "peak_rss_mb": 900.0, "top3": {"a.jpg": ["x", "y", "z"]},
+                         "phases_s": {"import": 4.0, "total": 10.0}},
+            "litert": {"seconds": sample(2.0), "peak_rss_mb": 150.0, "top3": {"a.jpg": ["x", "y", "z"]},
+                       "timings_ms": {"fetch": 900.0, "total": 1000.0}},
+        },
+        "fetch_floor_s": sample(0.9),
+        "runtimes": {"litert": runtime_entry(0.1, 1.5, 1.1, [30.0, 40.0]),
+                     "tensorflow": runtime_entry(0.2, 7.0, 1.3, [])},
+        "levers": {"decode": {report.SHIPPED_DECODE: {"decode_ms": {"a.jpg": 50.0}, "top3_same": True,
+                                                      "max_score_change": 0.0}}},
+        "agreement": {"top3_identical": 5, "images": 5, "max_score_diff": 1e-6},
+    }
+
+
+def test_ratios_come_from_medians_of_the_same_run():
+    ratios = report.ratios(results(), "litert")
+    assert ratios["cold_cli_speedup"] == pytest.approx(10.0 / 2.0)
+    assert ratios["warm_over_floor"] == pytest.approx(1.1 / (0.9 + 0.1))
+    assert ratios["throughput_fraction"] == pytest.approx(40.0 / (5 / 0.1))
+    assert ratios["best_concurrency"] == 4
+    # healthz + max(model load 0.3, fetch 0.9) + inference 0.1
+    assert ratios["cold_start_over_ideal"] == pytest.approx(1.5 / (0.5 + 0.9 + 0.1))
+    assert report.cpu_bound_images_per_s(results(), "litert") == pytest.approx(2 * 5 / (0.05 + 0.1 * 2))
+    tensorflow = report.ratios(results(), "tensorflow")  # not measured in a quick run
+    assert tensorflow["cold_cli_speedup"] is None and tensorflow["throughput_fraction"] is None
+
+
+def test_goals_are_judged_on_litert():
+    goals = report.goals(results())
+    assert goals["met"] == {"cold_cli_speedup": True, "warm_over_floor": True, "throughput_fraction": True}
+    slow = results()
+    slow["runtimes"]["litert"]["throughput"][1]["images_per_s"] = 39.0
+    assert report.goals(slow)["met"]["throughput_fraction"] is False
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda r: r["agreement"].update(top3_identical=4), "top3_identical"),
+    (lambda r: r["agreement"].update(max_score_diff=2e-3), "scores_within_1e-3"),
+    (lambda r: r["runtimes"]["litert"]["cold_start"].update(first_answer_s=8.0), "faster_cold_start"),
+    (lambda r: r["runtimes"]["litert"].update(warm_s=sample(1.4)), "faster_warm"),
+])
+def test_litert_keeps_the_default_only_if_it_agrees_and_wins(change, reason):
+    assert report.runtime_decision(results())["keep_litert"] is True
+    changed = copy.deepcopy(results())
+    change(changed)
+    decision = report.runtime_decision(changed)
+    assert decision["keep_litert"] is False and decision[reason] is False
+
+
+def test_table_leads_with_the_ratios():
+    full = results()
+    full["goals"] = report.goals(full)
+    table = report.render(full)
+    ratio_lines = table.split("RATIOS", 1)[1].splitlines()
+    assert "5.00x" in ratio_lines[1] and "met" in ratio_lines[1]
+    assert "80%" in ratio_lines[3]
+    assert table.index("RATIOS") < table.index("SCENARIOS") < table.index("LEVERS")
+    assert "keep litert as the default" in table
+
+
+def test_bench_command_is_an_executable_script():
+    """`scripts/bench` itself, as the README runs it from an activated venv."""
+    script = procs.ROOT / "scripts" / "bench"
+    env = procs.python_env({"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])})
+    done = subprocess.run([str(script), "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--quick" in done.stdout and "--no-latency" in done.stdout

@@ -241,7 +241,7 @@ class ModelSpec:
             "url": self.url,
             "labels": self.labels_url,
             "input_size": list(self.input_size),
-            "input_range": [0, self.input_scale],
+            "input_range": [0, int(self.input_scale) if float(self.input_scale).is_integer() else self.input_scale],
             "output": self.output,
         }
 

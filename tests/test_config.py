@@ -24,9 +24,10 @@ def test_registry_from_a_file_and_square_sizes(tmp_path):
     path = tmp_path / "models.json"
     path.write_text(json.dumps({"flowers": {**FLOWERS, "input_size": 180}}))
     (spec,) = load_settings({"CLASSIFIER_MODELS": str(path)}).models
+    assert json.dumps(spec.describe()["input_range"]) == "[0, 255]"  # as the registry spells it
     assert spec.input_size == (180, 180)
     assert spec.describe() == {"name": "flowers", "url": FLOWERS["url"], "labels": FLOWERS["labels"],
-                               "input_size": [180, 180], "input_range": [0, 255.0], "output": "logits"}
+                               "input_size": [180, 180], "input_range": [0, 255], "output": "logits"}
 
 
 @pytest.mark.parametrize(

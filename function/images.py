@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,8 +25,10 @@ def decode(
     size: tuple[int, int],
     max_pixels: int,
     allowed_formats: frozenset[str],
+    budget: PixelBudget | None = None,
 ) -> np.ndarray:
-    """Decode, orient, flatten alpha on white and resize to `size` (width, height)."""
+    """Decode, orient, flatten alpha on white and resize to `size` (width, height);
+    the decoded pixels count against `budget` while they are in memory."""
     if not data:
         raise NotAnImage("the body is empty")
     try:
@@ -43,32 +48,69 @@ def decode(
                 f"image is {width}x{height} = {width * height} pixels, the limit is {max_pixels}"
             )
         try:
-            return _to_array(image, size)
+            if image.format == "JPEG":
+                # Decode at 1/2, 1/4 or 1/8 scale when the result is still >= size: much less work.
+                image.draft("RGB", size)
+            with budget.hold(image.width * image.height) if budget else contextlib.nullcontext():
+                return _to_array(image, size)
         except (OSError, ValueError, SyntaxError) as exc:
             raise NotAnImage(f"cannot decode image: {exc}") from None
 
 
+class PixelBudget:
+    """How many decoded pixels the process holds at once. A PNG of a few kilobytes can
+    decode to 40 megapixels (over 100 MB); many at once would exhaust the memory, so
+    beyond the budget, decodes wait their turn. One image alone always may go."""
+
+    def __init__(self, pixels: int):
+        self.capacity = pixels
+        self._free = pixels
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.capacity)
+        with self._changed:
+            self._changed.wait_for(lambda: self._free >= pixels)
+            self._free -= pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += pixels
+                self._changed.notify_all()
+
+
 def _to_array(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    if image.format == "JPEG":
-        # Decode at 1/2, 1/4 or 1/8 scale when the result is still >= size: much less work.
-        image.draft("RGB", size)
-    image = ImageOps.exif_transpose(image)
-    rgb = _to_rgb(image)
-    if rgb.size != size:
-        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+    """Every full-size step is done in place or skipped, and the image is shrunk before
+    transparency is flattened: a 40-megapixel RGBA PNG costs two full-size copies, not five."""
+    image = ImageOps.exif_transpose(image, in_place=True) or image
+    image = _resizable(image)
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)  # LA/RGBA: premultiplied
+    return np.asarray(_on_white(image), dtype=np.uint8)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB for any mode: 16-bit and float scaled, transparency composited on white."""
+def _resizable(image: Image.Image) -> Image.Image:
+    """L, LA, RGB or RGBA (resize treats palettes and 1-bit as nearest-neighbour, and
+    cannot do 16-bit): 16-bit and float scaled to 8 bits, palettes expanded."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
+        pixels = np.asarray(image, dtype=np.float32)  # scaled in place: one full-size copy
         top = 65535.0 if image.mode != "F" or pixels.max() > 1.0 else 1.0
-        image = Image.fromarray(np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        pixels *= 255.0 / top
+        return Image.fromarray(np.clip(pixels, 0, 255, out=pixels).astype(np.uint8), "L")
+    if image.mode in ("L", "LA", "RGB", "RGBA"):
+        return image
+    if image.mode == "1":
+        return image.convert("L")
+    transparent = image.mode in ("PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
+    return image.convert("RGBA" if transparent else "RGB")
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited on white."""
+    if image.mode in ("LA", "RGBA"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, WHITE + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")

@@ -46,6 +46,8 @@ class Classifier:
                  models: Sequence[ModelSpec] | None = None):
         self.settings = settings
         self.session = session or fetch.make_session(settings)
+        # Images decoding at once hold no more pixels than the largest one allowed.
+        self.decode_budget = images.PixelBudget(settings.max_image_pixels)
         specs = list(models or model_specs(settings))
         self.models = {
             spec.name: LazyModel(spec, settings.runtime, settings.cache_dir, settings.model_retry_seconds)
@@ -115,7 +117,8 @@ class Classifier:
             item.fetch_seconds = time.perf_counter() - started
             started = time.perf_counter()
             item.pixels = images.decode(
-                data, spec.input_size, self.settings.max_image_pixels, self.settings.allowed_formats
+                data, spec.input_size, self.settings.max_image_pixels, self.settings.allowed_formats,
+                self.decode_budget,
             )
             item.decode_seconds = time.perf_counter() - started
         except ItemError as exc:

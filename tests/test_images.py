@@ -4,13 +4,16 @@ image (truncated, not an image, a bomb, too big, a refused format) is an item er
 from __future__ import annotations
 
 import io
-import struct
-import zlib
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ROOT, python_env
 from fixtures import images as test_images
 from function import images
 from function.config import load_settings
@@ -42,17 +45,6 @@ def mean_colour(pixels: np.ndarray) -> tuple[int, ...]:
 
 def close(colour, expected, tolerance=3) -> bool:
     return all(abs(a - b) <= tolerance for a, b in zip(colour, expected))
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A few hundred bytes whose header claims width x height: a decompression bomb."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
-            + chunk(b"IEND", b""))
 
 
 def halves(left, right, size=(64, 32)) -> Image.Image:
@@ -155,7 +147,7 @@ def test_bytes_that_are_not_a_whole_image_are_not_an_image(data):
 @pytest.mark.filterwarnings("error")  # Pillow's DecompressionBombWarning must not escape either
 @pytest.mark.parametrize("side", [10_000, 30_000])  # between Pillow's own 1x and 2x limits, and beyond
 def test_decompression_bomb_is_image_too_large(side):
-    data = png_declaring(side, side)
+    data = test_images.bomb_png(side, side)
     assert len(data) < 1000
     assert isinstance(decode_error(data), ImageTooLarge)
 
@@ -182,8 +174,71 @@ def test_formats_outside_the_allowed_list_are_unsupported():
 
 @pytest.mark.filterwarnings("error")
 def test_a_bomb_fails_alone_in_the_pipeline(use_stand_in, stand_in):
-    bomb = stand_in.server.add("/images/bomb.png", png_declaring(30_000, 30_000), content_type="image/png")
+    bomb = stand_in.server.add("/images/bomb.png", test_images.bomb_png(30_000, 30_000), content_type="image/png")
     good = stand_in.image_url("beside-the-bomb.png", (10, 10, 240))
     results = Classifier(load_settings()).classify_urls([bomb, good])["results"]
     assert results[0]["error"]["code"] == "image_too_large"
     assert results[1]["predictions"][0]["label"] == "Cyanistes caeruleus"
+
+
+# --- memory -----------------------------------------------------------------------------
+
+
+def test_the_pixel_budget_lets_no_more_pixels_in_at_once():
+    budget = images.PixelBudget(10)
+    held, peak, lock = [0], [0], threading.Lock()
+
+    def decode_like(pixels: int) -> None:
+        with budget.hold(pixels):
+            with lock:
+                held[0] += min(pixels, budget.capacity)
+                peak[0] = max(peak[0], held[0])
+            time.sleep(0.01)  # a chance for the others to overlap
+            with lock:
+                held[0] -= min(pixels, budget.capacity)
+
+    threads = [threading.Thread(target=decode_like, args=(pixels,)) for pixels in [6, 6, 5, 5, 4, 3, 15, 2] * 3]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)  # an image over the budget still went, alone
+    assert 0 < peak[0] <= 10
+
+
+MEASURE = """
+import sys, threading
+from function import images
+data = open(sys.argv[1], "rb").read()
+def hwm():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+before = hwm()
+budget = images.PixelBudget(int(sys.argv[3]))
+decode = lambda: images.decode(data, (224, 224), int(sys.argv[3]), frozenset({"PNG"}), budget)
+threads = [threading.Thread(target=decode) for _ in range(int(sys.argv[2]))]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(hwm() - before)
+"""
+
+
+@pytest.mark.parametrize(
+    "mode, threads, bound",
+    [
+        ("RGB", 4, 2.0),  # four at once take turns: about 1 (unbudgeted, with copies: 12)
+        ("RGBA", 1, 2.5),  # shrunk before flattening on white: about 2 (it took 6)
+        ("I;16", 1, 2.5),  # scaled in place to 8 bits: about 2 (through float64 it took 7)
+    ],
+)
+def test_decoding_big_images_stays_within_a_few_copies_of_one(tmp_path, mode, threads, bound):
+    """Peak memory of decoding in a fresh process, in units of one decoded RGBA image
+    (4 bytes a pixel) as large as the limit allows: tiny files, huge decodes."""
+    side = 4000
+    image = Image.fromarray(np.full((side, side), 30000, np.uint16)) if mode == "I;16" else Image.new(mode, (side, side))
+    path = tmp_path / "big.png"
+    image.save(path)
+    done = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(threads), str(side * side)],
+                          cwd=ROOT, env=python_env({}), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    one_image_mb = side * side * 4 / 2**20
+    assert float(done.stdout) < bound * one_image_mb

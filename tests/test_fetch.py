@@ -52,7 +52,7 @@ def server():
 @contextlib.contextmanager
 def raw_server(reply: Callable[[socket.socket], None]) -> Iterator[str]:
     """A one-connection server whose `reply` reads requests and writes any bytes it likes,
-    for faults the HTTP server cannot produce (headers a byte at a time, endless chunks)."""
+    for what the HTTP server cannot produce (an endless chunked body)."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
@@ -71,15 +71,6 @@ def raw_server(reply: Callable[[socket.socket], None]) -> Iterator[str]:
     finally:
         listener.close()
         thread.join(15)
-
-
-def drip_headers(conn: socket.socket) -> None:
-    """Each byte well within the read timeout, the whole far beyond the deadline."""
-    conn.recv(65536)
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Pad: " + b"a" * 80 + b"\r\n\r\n"
-    for byte in head:
-        conn.sendall(bytes([byte]))
-        time.sleep(0.2)
 
 
 def endless_chunks(conn: socket.socket) -> None:
@@ -176,36 +167,30 @@ def test_slow_servers_time_out_within_the_deadline(server, route):
     assert time.monotonic() - started < DEADLINE + MARGIN
 
 
-def test_headers_dripped_a_byte_at_a_time_time_out_within_the_deadline():
+def test_headers_dripped_a_byte_at_a_time_time_out_within_the_deadline(server):
     """Every byte comes well within the read timeout, so only the overall deadline,
     enforced on the socket itself, can end this one."""
-    with raw_server(drip_headers) as url:
-        started = time.monotonic()
-        error = fetch_error(url)
-        elapsed = time.monotonic() - started
+    url = server.add("/drip-headers.png", b"\x89PNG", fault="drip_headers")
+    started = time.monotonic()
+    error = fetch_error(url)
     assert error.code == "timeout"
-    assert elapsed < DEADLINE + MARGIN
+    assert time.monotonic() - started < DEADLINE + MARGIN
 
 
-def test_a_kept_alive_connection_is_held_to_the_next_fetchs_deadline():
+def test_a_kept_alive_connection_is_held_to_the_next_fetchs_deadline(server):
     """The second fetch reuses the first one's connection, whose socket was opened under
     the first fetch's deadline; the second fetch's deadline must still cut it."""
-
-    def quick_then_drip(conn: socket.socket) -> None:
-        conn.recv(65536)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n\x89PNG")
-        drip_headers(conn)
-
     config = settings()
     session = fetch.make_session(config)
-    with raw_server(quick_then_drip) as url:
-        assert fetch.fetch(session, url, config) == b"\x89PNG"
-        started = time.monotonic()
-        with pytest.raises(ItemError) as caught:
-            fetch.fetch(session, url, config)
-        elapsed = time.monotonic() - started
+    assert fetch.fetch(session, server.add("/quick.png", b"\x89PNG"), config) == b"\x89PNG"
+    slow = server.add("/drip-headers.png", b"\x89PNG", fault="drip_headers")
+    started = time.monotonic()
+    with pytest.raises(ItemError) as caught:
+        fetch.fetch(session, slow, config)
     assert caught.value.code == "timeout"
-    assert elapsed < DEADLINE + MARGIN
+    assert time.monotonic() - started < DEADLINE + MARGIN
+    pools = session.get_adapter(slow).poolmanager.pools
+    assert [pools[key].num_connections for key in pools.keys()] == [1]  # one connection, reused
 
 
 # --- secrets stay out of logs ---------------------------------------------------------

@@ -124,6 +124,11 @@ class Server:
             raise
         return self
 
+    @property
+    def pid(self) -> int:
+        """The functions-framework process (the gunicorn master; its worker is a child)."""
+        return self._process.pid
+
     def _wait_healthy(self) -> float:
         deadline = self.started + SERVER_START_SECONDS
         with requests.Session() as session:

@@ -1,0 +1,1 @@
+"""The load tests behind `scripts/loadtest`: a reusable concurrent driver and its modes."""

@@ -26,6 +26,8 @@ from .driver import Call, HealthPoller, Outcome, Poll, drive, rss_mb, summary
 
 SCORE_TOLERANCE = 2e-3  # the function's scores (LiteRT, rounded to 4 places) vs numpy's
 GOOD_COLOURS = {"red": (230, 20, 30), "green": (10, 200, 40), "blue": (20, 40, 220), "dark": (25, 12, 5)}
+# Good images of a few kilobytes that decode to tens of megabytes: memory must stay bounded.
+BIG_IMAGES = (("big-red", "RGB", (230, 20, 30), 4000), ("big-blue", "RGBA", (20, 40, 220, 255), 3000))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +102,8 @@ def build_internet(server: LoopbackServer, plan: Plan) -> tuple[list[Target], li
             label, score = expected_top(body)
             url = server.add(f"/good/{name}.{format.lower()}", body, content_type=f"image/{format.lower()}")
             good.append(Target("good", url, label=label, score=score))
-    for name, mode, colour, side in (("big-red", "RGB", (230, 20, 30), 4000), ("big-blue", "RGBA", (20, 40, 220, 255), 3000)):
-        body = test_images.encode(Image.new(mode, (side, side), colour))  # ~100 KB, over 100 MB decoded
+    for name, mode, colour, side in BIG_IMAGES:
+        body = test_images.encode(Image.new(mode, (side, side), colour))
         label, score = expected_top(body)
         good.append(Target("good", server.add(f"/good/{name}.png", body, content_type="image/png"),
                            label=label, score=score))

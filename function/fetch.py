@@ -279,7 +279,6 @@ def _read_body(response: requests.Response, settings: Settings, deadline: _Deadl
     if declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"image is {int(declared)} bytes, the limit is {limit}")
     raw = response.raw
-    sock = getattr(getattr(raw, "connection", None), "sock", None)
     chunks: list[bytes] = []
     size = 0
     too_slow = f"download took longer than {settings.fetch_deadline:g} s"
@@ -287,6 +286,9 @@ def _read_body(response: requests.Response, settings: Settings, deadline: _Deadl
         remaining = deadline.remaining()
         if remaining <= 0:
             raise FetchTimeout(too_slow)
+        # Looked up each time: once the last byte is read urllib3 releases the connection,
+        # closing its socket when the pool is full (more downloads than pool slots).
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
         if sock is not None:  # a stalled read times out without waiting for the watchdog
             sock.settimeout(min(settings.read_timeout, remaining))
         try:

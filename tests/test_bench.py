@@ -121,7 +121,7 @@ def test_probe_infers_and_measures_decode_levers_on_the_stand_in(use_stand_in, t
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)
 
     levers = probe.decode_levers(fixtures, repeat=1)
-    shipped = levers[report.SHIPPED_DECODE]
+    shipped = levers["shipped (draft, BILINEAR)"]
     assert shipped["top3_same"] and shipped["max_score_change"] == 0.0
     assert {"no draft, BILINEAR", "draft, NEAREST", "draft, BICUBIC"} <= set(levers)
     assert all(set(v["decode_ms"]) == {"0.jpg", "1.jpg"} for v in levers.values())
@@ -157,14 +157,16 @@ def results() -> dict:
     def runtime_entry(inference: float, first_answer: float, warm: float, throughput: list[float]):
         return {
             "inference": {"import_s": 0.1, "load_s": 0.2, "first_inference_s": 0.2,
-                          "inference_s": {"1": sample(inference / 4), "5": sample(inference)}},
+                          "inference_s": {"1": sample(inference / 4), "5": sample(inference)},
+                          "cpu_ms_per_image": {"1": 20.0, "5": 18.0}},
             "cold_start": {"healthz_s": 0.5, "first_answer_s": first_answer,
                            "first_timings_ms": {"fetch": 900.0, "decode": 50.0, "model_load": 300.0,
                                                 "model_wait": 0.0, "inference": 100.0, "total": 1050.0}},
             "warm_s": sample(warm),
             "warm_timings_ms": {"fetch": 900.0, "total": 1000.0},
-            "throughput": [{"concurrency": c, "requests": 4, "images_per_s": rate, "latency_s": sample(0.2)}
-                           for c, rate in zip((1, 4), throughput)],
+            "throughput": [{"concurrency": c, "requests": 4, "images_per_s": rate, "latency_s": sample(0.2),
+                            "cpu_ms_per_image": {"server": cpu, "bench": 5.0, "others": 1.0}}
+                           for c, rate, cpu in zip((1, 4), throughput, (30.0, 40.0))],
             "peak_rss_mb": 200.0,
         }
 
@@ -182,8 +184,8 @@ def results() -> dict:
         "fetch_floor_s": sample(0.9),
         "runtimes": {"litert": runtime_entry(0.1, 1.5, 1.1, [30.0, 40.0]),
                      "tensorflow": runtime_entry(0.2, 7.0, 1.3, [])},
-        "levers": {"decode": {report.SHIPPED_DECODE: {"decode_ms": {"a.jpg": 50.0}, "top3_same": True,
-                                                      "max_score_change": 0.0}}},
+        "levers": {"decode": {"shipped (draft, BILINEAR)": {"decode_ms": {"a.jpg": 50.0}, "top3_same": True,
+                                                            "max_score_change": 0.0}}},
         "agreement": {"top3_identical": 5, "images": 5, "max_score_diff": 1e-6},
     }
 
@@ -196,7 +198,7 @@ def test_ratios_come_from_medians_of_the_same_run():
     assert ratios["best_concurrency"] == 4
     # healthz + max(model load 0.3, fetch 0.9) + inference 0.1
     assert ratios["cold_start_over_ideal"] == pytest.approx(1.5 / (0.5 + 0.9 + 0.1))
-    assert report.cpu_bound_images_per_s(results(), "litert") == pytest.approx(2 * 5 / (0.05 + 0.1 * 2))
+    assert report.server_cpu_bound_images_per_s(results(), "litert") == pytest.approx(2 * 1000 / 40.0)
     tensorflow = report.ratios(results(), "tensorflow")  # not measured in a quick run
     assert tensorflow["cold_cli_speedup"] is None and tensorflow["throughput_fraction"] is None
 
@@ -241,3 +243,17 @@ def test_bench_command_is_an_executable_script():
     done = subprocess.run([str(script), "--help"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "--quick" in done.stdout and "--no-latency" in done.stdout
+
+
+def test_cpu_time_of_a_process_tree_counts_live_children():
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nprint(1, flush=True)\ntime.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", burn], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"1\n"  # it has burnt its 0.3 s
+        own = procs.tree_cpu_seconds(child.pid)
+        assert own >= 0.25
+        assert procs.tree_cpu_seconds(os.getpid()) >= own + time.process_time() - 0.1
+    finally:
+        child.kill()
+        child.wait()
+    assert procs.machine_busy_seconds() >= own

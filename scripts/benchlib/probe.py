@@ -94,11 +94,13 @@ def infer(corpus, batches: list[int], repeat: int, threads: int | None, scores_p
     if scores_path is not None:
         np.save(scores_path, scores)
     result["litert_threads"] = threads
-    result["inference_s"] = {}
+    result["inference_s"], result["cpu_ms_per_image"] = {}, {}
     for size in batches:
         batch = np.resize(fixtures, (size, *fixtures.shape[1:]))  # the fixtures, repeated
         loaded.probabilities(batch)  # warm: a new batch size re-allocates
+        cpu_started = time.process_time()
         result["inference_s"][str(size)] = _times(lambda: loaded.probabilities(batch), repeat)
+        result["cpu_ms_per_image"][str(size)] = 1000 * (time.process_time() - cpu_started) / (repeat * size)
     return result
 
 

@@ -73,6 +73,24 @@ def _wait(process: subprocess.Popen) -> tuple[int, float]:
     return process.returncode, usage.ru_maxrss / 1024.0  # KiB on Linux
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` and its live descendants (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:  # exited meanwhile
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return own + sum(tree_cpu_seconds(int(child)) for child in children)
+
+
+def machine_busy_seconds() -> float:
+    """CPU time every process on the machine has used since boot: others' load shows here."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def dockerfile_env(names: Sequence[str]) -> dict[str, str]:
     """Server settings as the Dockerfile's ENV sets them, so the bench serves like production."""
     text = (ROOT / "Dockerfile").read_text()
@@ -142,6 +160,10 @@ class Server:
                     pass
                 time.sleep(HEALTH_POLL_SECONDS)
         raise RuntimeError(f"server not healthy within {SERVER_START_SECONDS:g} s")
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server and its gunicorn worker."""
+        return tree_cpu_seconds(self._process.pid)
 
     def __exit__(self, *exc) -> None:
         if self._process.returncode is None:

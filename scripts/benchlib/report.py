@@ -4,7 +4,6 @@ from __future__ import annotations
 
 AGREEMENT_TOLERANCE = 1e-3
 REQUEST_BATCH = "5"  # the warm request's batch: the floor's and the bound's model call
-SHIPPED_DECODE = "shipped (draft, BILINEAR)"
 
 
 def _median(sample: dict) -> float:
@@ -25,12 +24,15 @@ def bound_images_per_s(results: dict, runtime: str) -> float:
     return int(REQUEST_BATCH) / inference_s(results, runtime)
 
 
-def cpu_bound_images_per_s(results: dict, runtime: str) -> float:
-    """What the CPUs allow once decoding is paid too: CPU seconds per request = the
-    shipped decode of the five fixtures (one core each) + the model call on all cores."""
-    cpus = results["meta"]["cpus"]
-    decode = sum(results["levers"]["decode"][SHIPPED_DECODE]["decode_ms"].values()) / 1000
-    return cpus * int(REQUEST_BATCH) / (decode + inference_s(results, runtime) * cpus)
+def best_throughput(results: dict, runtime: str) -> dict | None:
+    return max(results["runtimes"][runtime]["throughput"], key=lambda row: row["images_per_s"], default=None)
+
+
+def server_cpu_bound_images_per_s(results: dict, runtime: str) -> float:
+    """What the instance could serve with every CPU to itself, at its measured CPU cost per
+    image (model, decode, fetch, HTTP) at the best concurrency."""
+    best = best_throughput(results, runtime)
+    return results["meta"]["cpus"] * 1000 / best["cpu_ms_per_image"]["server"]
 
 
 def ideal_cold_start_s(results: dict, runtime: str) -> float:
@@ -45,7 +47,7 @@ def ratios(results: dict, runtime: str) -> dict:
     """Each goal's ratio; None where this run did not measure it (quick, tensorflow)."""
     entry = results["runtimes"][runtime]
     cli = results["cold_cli"]
-    best = max(entry["throughput"], key=lambda row: row["images_per_s"], default=None)
+    best = best_throughput(results, runtime)
     return {
         "cold_cli_speedup": (_median(cli["baseline"]["seconds"]) / _median(cli[runtime]["seconds"])
                              if runtime in cli else None),
@@ -177,10 +179,7 @@ def _scenario_lines(results: dict) -> list[str]:
             "        server, ms: " + _ms(entry["warm_timings_ms"]),
         ]
         if entry["throughput"]:
-            lines.append(
-                f"  (4) throughput, images/s: inference-only bound {bound_images_per_s(results, runtime):.1f}, "
-                f"decode+inference CPU bound {cpu_bound_images_per_s(results, runtime):.1f}; measured "
-                + ", ".join(f"c={row['concurrency']} {row['images_per_s']:.1f}" for row in entry["throughput"]))
+            lines += _throughput_lines(results, runtime)
         lines += [
             f"  (5) cold start: process -> /healthz {cold['healthz_s']:.3f} s -> first answer "
             f"{cold['first_answer_s']:.3f} s (ideal {ideal_cold_start_s(results, runtime):.3f})",
@@ -190,6 +189,20 @@ def _scenario_lines(results: dict) -> list[str]:
             f"  (6) peak RSS of the instance: {entry['peak_rss_mb']:.0f} MB",
         ]
     return lines
+
+
+def _throughput_lines(results: dict, runtime: str) -> list[str]:
+    entry = results["runtimes"][runtime]
+    best = best_throughput(results, runtime)
+    cpu = best["cpu_ms_per_image"]
+    alone = entry["inference"]["cpu_ms_per_image"][REQUEST_BATCH]
+    return [
+        f"  (4) throughput, images/s: inference-only bound {bound_images_per_s(results, runtime):.1f}; "
+        + ", ".join(f"c={row['concurrency']} {row['images_per_s']:.1f}" for row in entry["throughput"]),
+        f"        CPU ms per image at c={best['concurrency']}: instance {cpu['server']:.1f} (the model call alone: "
+        f"{alone:.1f}), bench clients + image server {cpu['bench']:.1f}, other processes {cpu['others']:.1f}; "
+        f"instance CPU bound {server_cpu_bound_images_per_s(results, runtime):.1f} images/s",
+    ]
 
 
 def _lever_lines(results: dict) -> list[str]:
@@ -206,8 +219,8 @@ def _lever_lines(results: dict) -> list[str]:
         lines.append(f"    {name:<30} {times}  sum {sum(variant['decode_ms'].values()):5.1f}  "
                      f"top-3 {'same' if variant['top3_same'] else 'CHANGED'}, {variant['max_score_change']:.1e}")
     for runtime, entry in results["runtimes"].items():
-        per_image = {size: 1000 * s["median"] / int(size) for size, s in entry["inference"]["inference_s"].items()}
-        lines.append(f"  micro-batching potential ({runtime}), ms per image at batch size "
+        per_image = {size: 1000 * s["min"] / int(size) for size, s in entry["inference"]["inference_s"].items()}
+        lines.append(f"  micro-batching potential ({runtime}), least ms per image at batch size "
                      + ", ".join(f"{size}: {ms:.1f}" for size, ms in per_image.items()))
     if "litert_threads_1" in levers:
         lines += _thread_lines(results)
@@ -216,11 +229,11 @@ def _lever_lines(results: dict) -> list[str]:
 
 def _thread_lines(results: dict) -> list[str]:
     levers = results["levers"]
-    batch = lambda entry: entry["inference_s"][REQUEST_BATCH]["median"] * 1000  # noqa: E731
+    batch = lambda entry: entry["inference_s"][REQUEST_BATCH]["min"] * 1000  # noqa: E731
     lines = [
-        f"  LiteRT num_threads, ms per batch of 5: {batch(results['runtimes']['litert']['inference']):.1f} "
+        f"  LiteRT num_threads, least ms per batch of 5: {batch(results['runtimes']['litert']['inference']):.1f} "
         f"(os.cpu_count() = {results['meta']['cpus']}) vs {batch(levers['litert_threads_1']):.1f} (1)",
-        f"  TensorFlow intra/inter-op threads, ms per batch of 5: "
+        f"  TensorFlow intra/inter-op threads, least ms per batch of 5: "
         f"{batch(results['runtimes']['tensorflow']['inference']):.1f} (default) vs {batch(levers['tf_threads_1_1']):.1f} (1/1)",
     ]
     for threads in ("4", "16"):

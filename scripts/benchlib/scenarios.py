@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
+import urllib3
 
 from function import fetch
 from function.config import Settings
@@ -139,15 +140,16 @@ class Bench:
         log_path = self.work / f"server-{runtime}-{len(list(self.work.glob('server-*.log')))}.log"
         urls = list(self.site.images)
         with procs.Server(self.function_env(runtime, **env), log_path) as server:
-            first = _post(requests.Session(), server.base, urls)
+            first = _post(_session(), server.base, urls)
             cold = {
                 "healthz_s": server.healthz_seconds,
                 "first_answer_s": time.perf_counter() - server.started,
                 "first_timings_ms": first["timings_ms"],
             }
-            warm = [_timed_post(requests.Session(), server.base, urls) for _ in range(warm_repeats)]
+            client = _session()
+            warm = [_timed_post(client, server.base, urls) for _ in range(warm_repeats)]
             throughput = [
-                _throughput(server.base, list(self.site.lan_images if lan else urls), c)
+                _throughput(server, list(self.site.lan_images if lan else urls), c)
                 for c in concurrencies
             ]
         return {
@@ -178,24 +180,38 @@ def _timed_post(session: requests.Session, base: str, urls: list[str]) -> tuple[
     return time.perf_counter() - started, body
 
 
-def _throughput(base: str, urls: list[str], concurrency: int, per_client: int = 3) -> dict:
-    """`concurrency` clients, each sending `per_client` 5-URL requests back to back, timed
-    from the moment all have sent one untimed request (warm connections and threads)."""
+def _throughput(server: procs.Server, urls: list[str], concurrency: int, per_client: int = 3) -> dict:
+    """`concurrency` clients, each sending `per_client` 5-URL requests back to back. CPU
+    per image is split into the server's, this process's (clients and image server) and
+    everyone else's on the machine."""
     local = threading.local()
-    released: list[float] = []
-    start = threading.Barrier(concurrency, action=lambda: released.append(time.perf_counter()))
 
     def client(_) -> list[float]:
-        local.session = requests.Session()
-        _post(local.session, base, urls)
-        start.wait()
-        return [_timed_post(local.session, base, urls)[0] for _ in range(per_client)]
+        local.session = getattr(local, "session", None) or _session()
+        return [_timed_post(local.session, server.base, urls)[0] for _ in range(per_client)]
+
+    def mark() -> tuple[float, float, float, float]:
+        return time.perf_counter(), server.cpu_seconds(), time.process_time(), procs.machine_busy_seconds()
 
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        t0, server0, bench0, machine0 = mark()
         latencies = [s for batch in pool.map(client, range(concurrency)) for s in batch]
-    wall = time.perf_counter() - released[0]
-    return {"concurrency": concurrency, "requests": len(latencies),
-            "images_per_s": len(latencies) * len(urls) / wall, "latency_s": summary(latencies)}
+        t1, server1, bench1, machine1 = mark()
+    images = len(latencies) * len(urls)
+    server_cpu, bench_cpu = server1 - server0, bench1 - bench0
+    return {"concurrency": concurrency, "requests": len(latencies), "images_per_s": images / (t1 - t0),
+            "latency_s": summary(latencies),
+            "cpu_ms_per_image": {"server": 1000 * server_cpu / images, "bench": 1000 * bench_cpu / images,
+                                 "others": 1000 * (machine1 - machine0 - server_cpu - bench_cpu) / images}}
+
+
+def _session() -> requests.Session:
+    """A client that, like a load balancer, resends a request whose kept-alive connection
+    the server closed just as it was reused (gunicorn drops idle ones after 2 s)."""
+    session = requests.Session()
+    retry = urllib3.Retry(total=1, connect=1, read=1, status=0, allowed_methods=None)
+    session.mount("http://", requests.adapters.HTTPAdapter(max_retries=retry))
+    return session
 
 
 # --- output parsing --------------------------------------------------------------------

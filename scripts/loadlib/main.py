@@ -1,5 +1,5 @@
-"""`scripts/loadtest --faults [--quick]`: set up the instance and its loopback internet,
-run the mode, print the table, write the JSON; exit 1 when an invariant fails."""
+"""`scripts/loadtest --faults|--sweep [--quick]`: set up the instance and its loopback
+internet, run the mode, print the table, write the JSON; exit 1 when an invariant fails."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from fixtures.server import LoopbackServer
 from function import runtime
 from function.config import ModelSpec
 
-from . import faults
+from . import faults, sweep
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,16 +27,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     modes.add_argument("--faults", action="store_true",
                        help="fault-injection run: good images mixed with slow, hanging, resetting, endless, "
                             "huge and wrong-type hosts; checks the invariants of docs/reliability.md")
+    modes.add_argument("--sweep", action="store_true",
+                       help="concurrency sweep: requests for --images photo-sized JPEGs on the MobileNetV2-sized "
+                            "stand-in at each --concurrency; throughput, latency, RSS (docs/scaling.md)")
     parser.add_argument("--quick", action="store_true",
                         help=f"CI size: {faults.QUICK.seconds:g} s, fetch deadline {faults.QUICK.deadline:g} s "
                              f"(default {faults.FULL.seconds:g} s, {faults.FULL.deadline:g} s)")
-    parser.add_argument("--seconds", type=float, help="how long clients keep sending")
+    parser.add_argument("--seconds", type=float, help="how long clients keep sending (--sweep: per level)")
     parser.add_argument("--clients", type=int, help="concurrent clients (default: THREADS of the Dockerfile)")
     parser.add_argument("--max-rss-mb", type=float, help="the peak RSS the instance may reach")
     parser.add_argument("--json-out", type=Path, help="write the full figures here as JSON")
     parser.add_argument("--model-url", help="a TF Hub model to serve (default: the colour stand-in, built here)")
     parser.add_argument("--labels-url", help="its labels CSV (required with --model-url)")
     parser.add_argument("--cache-dir", type=Path, help="TFHUB_CACHE_DIR (default: a fresh temporary one)")
+    sweep.add_arguments(parser)
     args = parser.parse_args(argv)
     if bool(args.model_url) != bool(args.labels_url):
         parser.error("--model-url and --labels-url go together")
@@ -45,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.sweep:
+        return sweep.run_cli(args, prepare_litert)
     plan = faults.QUICK if args.quick else faults.FULL
     overrides = {"seconds": args.seconds, "clients": args.clients, "max_rss_mb": args.max_rss_mb}
     plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v is not None})

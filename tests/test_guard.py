@@ -3,6 +3,7 @@ through real connections that it checks the address it connects to, on every hop
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 from collections import Counter
@@ -178,19 +179,18 @@ def public_stand_in(monkeypatch):
     real_is_public = guard.is_public
     stand_in_public = ipaddress.ip_address("127.0.0.2")
     monkeypatch.setattr(guard, "is_public", lambda address: address == stand_in_public or real_is_public(address))
-    with LoopbackServer(host="127.0.0.2") as server:
-        trap = socket.socket()
-        try:
-            trap.bind(("127.0.0.1", server.port))
-        except OSError:
-            trap.close()
-            pytest.fail(f"port {server.port} is taken on 127.0.0.1; run again")
+    with contextlib.ExitStack() as stack:
+        for _ in range(20):  # the server's port is almost always free on 127.0.0.1 too
+            server = stack.enter_context(LoopbackServer(host="127.0.0.2"))
+            trap = stack.enter_context(socket.socket())
+            with contextlib.suppress(OSError):
+                trap.bind(("127.0.0.1", server.port))
+                break
+        else:
+            pytest.fail("no port free on both 127.0.0.1 and 127.0.0.2")
         trap.listen()
         trap.setblocking(False)
-        try:
-            yield server, trap
-        finally:
-            trap.close()
+        yield server, trap
 
 
 def trap_was_reached(trap: socket.socket) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 import flask
 
-from . import events, uploads
+from . import events, fetch, uploads
 from .errors import BadRequest, ClassifierError, MethodNotAllowed, ModelUnavailable, NotFound, RequestTooLarge
 from .pipeline import Classifier
 
@@ -195,7 +195,8 @@ class HttpApp:
         """GET /models: the registry as configured, and which models are loaded (loads none)."""
         return {
             "default": self.classifier.default_model,
-            "models": [{**lazy.spec.describe(), "loaded": lazy.loaded} for lazy in self.classifier.models.values()],
+            "models": [{**_public(lazy.spec.describe()), "loaded": lazy.loaded}
+                       for lazy in self.classifier.models.values()],
         }
 
     def event(self, request: flask.Request) -> flask.Response:
@@ -205,6 +206,11 @@ class HttpApp:
             return flask.Response(status=204)
         headers, body = reply
         return flask.Response(body, headers=headers)
+
+
+def _public(described: dict[str, Any]) -> dict[str, Any]:
+    """A model's description for strangers: its URLs without query strings (signatures)."""
+    return {**described, "url": fetch.redact(described["url"]), "labels": fetch.redact(described["labels"])}
 
 
 def _allow(request: flask.Request, *methods: str) -> None:

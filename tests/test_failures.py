@@ -145,11 +145,15 @@ def test_load_errors_do_not_leak_signed_urls(monkeypatch, stand_in, tmp_path, cl
 
 
 def test_answers_do_not_carry_a_signed_model_url(monkeypatch, stand_in, tmp_path):
-    client, _ = client_for(monkeypatch, stand_in, tmp_path, CLASSIFIER_MODEL_URL=stand_in.model_url + "?sig=SECRET")
+    client, _ = client_for(monkeypatch, stand_in, tmp_path, CLASSIFIER_MODEL_URL=stand_in.model_url + "?sig=SECRET1",
+                           CLASSIFIER_LABELS_URL=stand_in.labels_url + "?sig=SECRET2")
     response = client.post("/", json={"urls": [stand_in.image_url("signed-model.png")]})
     assert response.status_code == 200
     assert response.get_json()["model"] == stand_in.model_url
     assert "SECRET" not in response.get_data(as_text=True)
+    listed = client.get("/models")
+    assert listed.get_json()["models"][0]["url"] == stand_in.model_url
+    assert "SECRET" not in listed.get_data(as_text=True)
 
 
 # --- one image's failure stays its own --------------------------------------------------

@@ -95,6 +95,8 @@ def level(server: procs.Server, call: Call, concurrency: int, plan: Plan) -> dic
         "images_per_s": round(images / elapsed, 3),
         "latency_s": summary([o.seconds for o in outcomes if o.status is not None]),
         "server_cores": round(cpu / elapsed, 2),  # CPU seconds per second: cores kept busy
+        # what a request costs, whatever else runs on the machine: capacity per core = 1 / this
+        "server_cpu_s_per_request": round(cpu / len(ok), 3) if ok else None,
         "rss_mb": {"VmRSS": round(rss_mb(server.pid, "VmRSS"), 1), "VmHWM": round(rss_mb(server.pid), 1)},
         "problems": [p for o in outcomes for p in o.problems][:5] + [o.error for o in outcomes if o.error][:5],
     }
@@ -134,9 +136,10 @@ def table(result: dict) -> str:
     """One block per THREADS value: a row per concurrency level."""
     lines = [f"concurrency sweep: {result['images_per_request']} images/request ({result['images']}), "
              f"image latency: {result['latency']}; each level <= {result['plan']['seconds']:g} s "
-             f"or {result['plan']['max_requests']} requests; {result['cpus']} CPUs"]
+             f"or {result['plan']['max_requests']} requests; {result['cpus']} CPUs, load average "
+             f"{' -> '.join(map(str, result['load_average']))} (before -> after)"]
     header = (f"{'clients':>7} {'reqs':>5} {'errors':>6} {'req/s':>6} {'img/s':>6} {'p50 s':>6} {'p95 s':>6} "
-              f"{'p99 s':>6} {'cores':>5} {'VmRSS MB':>8} {'VmHWM MB':>8}")
+              f"{'p99 s':>6} {'cores':>5} {'CPU s/req':>9} {'VmRSS MB':>8} {'VmHWM MB':>8}")
     for inst in result["instances"]:
         lines += ["", f"THREADS={inst['threads']} (WORKERS=1): first request {inst['first_request_s']:.2f} s "
                       f"(model load), RSS after it {inst['rss_after_warmup_mb']:.0f} MB, "
@@ -146,7 +149,8 @@ def table(result: dict) -> str:
             lines.append(
                 f"{lvl['concurrency']:>7} {lvl['requests']:>5} {lvl['errors']:>6} {lvl['requests_per_s']:>6.2f} "
                 f"{lvl['images_per_s']:>6.1f} {lat.get('p50', 0):>6.3f} {lat.get('p95', 0):>6.3f} "
-                f"{lat.get('p99', 0):>6.3f} {lvl['server_cores']:>5.2f} {lvl['rss_mb']['VmRSS']:>8.0f} "
+                f"{lat.get('p99', 0):>6.3f} {lvl['server_cores']:>5.2f} {lvl['server_cpu_s_per_request'] or 0:>9.3f} "
+                f"{lvl['rss_mb']['VmRSS']:>8.0f} "
                 f"{lvl['rss_mb']['VmHWM']:>8.0f}")
             lines += [f"        problem: {p}" for p in lvl["problems"]]
     return "\n".join(lines)
@@ -176,6 +180,7 @@ def run_cli(args: argparse.Namespace, prepare: Callable[[str, str, Path], None])
                  "images_per_request": args.images}
     plan = dataclasses.replace(QUICK if args.quick else FULL, **{k: v for k, v in overrides.items() if v is not None})
     fixtures = corpus.load(args.corpus_cache, log=lambda m: print(m, file=sys.stderr))
+    load_before = os.getloadavg()[0]
     profile = network.INTERNET if args.latency else network.NO_LATENCY
     with tempfile.TemporaryDirectory(prefix="loadtest-") as tmp, network.serve(fixtures, profile) as site:
         work = Path(tmp)
@@ -192,6 +197,7 @@ def run_cli(args: argparse.Namespace, prepare: Callable[[str, str, Path], None])
     sizes = {url.rsplit("/", 1)[-1]: len(image.data) for url, image in
              zip(site.images, sorted(fixtures.images, key=lambda image: len(image.data)))}
     result = {"plan": dataclasses.asdict(plan), "latency": profile.name, "cpus": os.cpu_count(),
+              "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # others' work shows here
               "images_per_request": plan.images_per_request,
               "images": ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in sizes.items()),
               "instances": instances, "passed": passed(instances)}

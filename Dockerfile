@@ -23,7 +23,7 @@ FROM ${PYTHON_IMAGE}
 # tests/test_manifests.py fails when they disagree.
 ENV PORT=8080 \
     WORKERS=1 \
-    THREADS=4 \
+    THREADS=8 \
     CLOUD_RUN_TIMEOUT_SECONDS=300 \
     TFHUB_CACHE_DIR=/models/tfhub \
     PATH=/opt/venv/bin:$PATH \

@@ -131,6 +131,7 @@ def _unquote_annotation(docs):
 
 
 def _target_above_concurrency(docs):
+    docs[0]["spec"]["template"]["spec"]["containerConcurrency"] = 4  # whatever the measured value is
     _annotations(docs)[AUTOSCALING + "target"] = "8"
 
 

@@ -44,6 +44,20 @@ class Outcome:
     error: str | None = None  # why there was no answer
 
 
+def expect_results(targets: Sequence[Any], judge: Callable[[Any, dict], list[str]]) -> Callable[[requests.Response], list[str]]:
+    """A Call check: 200, one result per target, and each result judged against its target."""
+
+    def check(response: requests.Response) -> list[str]:
+        if response.status_code != 200:
+            return [f"status {response.status_code}: {response.text[:200]}"]
+        results = response.json()["results"]
+        if len(results) != len(targets):
+            return [f"{len(results)} results for {len(targets)} URLs"]
+        return [problem for target, result in zip(targets, results) for problem in judge(target, result)]
+
+    return check
+
+
 def drive(base: str, next_call: Callable[[random.Random], Call], clients: int, seconds: float,
           max_calls: int | None = None, timeout: float = 120.0, seed: int = 0) -> list[Outcome]:
     """`clients` threads, each on its own keep-alive connection, send calls back to back

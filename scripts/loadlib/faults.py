@@ -22,7 +22,7 @@ from fixtures import images as test_images
 from fixtures.models import COLOUR_LABELS, expected_colour_scores
 from fixtures.server import LoopbackServer
 
-from .driver import Call, HealthPoller, Outcome, Poll, drive, rss_mb, summary
+from .driver import Call, HealthPoller, Outcome, Poll, drive, expect_results, rss_mb, summary
 
 SCORE_TOLERANCE = 2e-3  # the function's scores (LiteRT, rounded to 4 places) vs numpy's
 GOOD_COLOURS = {"red": (230, 20, 30), "green": (10, 200, 40), "blue": (20, 40, 220), "dark": (25, 12, 5)}
@@ -165,15 +165,7 @@ class Mix:
 
 
 def _expect_results(targets: Sequence[Target]) -> Callable[[requests.Response], list[str]]:
-    def check(response: requests.Response) -> list[str]:
-        if response.status_code != 200:
-            return [f"status {response.status_code}: {response.text[:200]}"]
-        results = response.json()["results"]
-        if len(results) != len(targets):
-            return [f"{len(results)} results for {len(targets)} URLs"]
-        return [problem for target, result in zip(targets, results) for problem in target.judge(result)]
-
-    return check
+    return expect_results(targets, lambda target, result: target.judge(result))
 
 
 def _expect_400(response: requests.Response) -> list[str]:

@@ -20,7 +20,7 @@ import requests
 
 from benchlib import corpus, network, procs
 
-from .driver import Call, drive, rss_mb, summary
+from .driver import Call, drive, expect_results, rss_mb, summary
 
 REQUEST_TIMEOUT = 120.0
 
@@ -50,16 +50,11 @@ class Target:
 def request(targets: Sequence[Target]) -> Call:
     """One POST for every target's URL; judged by status, result count and each top-1."""
 
-    def check(response: requests.Response) -> list[str]:
-        if response.status_code != 200:
-            return [f"status {response.status_code}: {response.text[:200]}"]
-        results = response.json()["results"]
-        if len(results) != len(targets):
-            return [f"{len(results)} results for {len(targets)} URLs"]
-        return [f"{t.url}: got {_top(r) or r.get('error')}, expected {t.label}"
-                for t, r in zip(targets, results) if _top(r) != t.label]
+    def judge(target: Target, result: dict) -> list[str]:
+        top = _top(result)
+        return [] if top == target.label else [f"{target.url}: got {top or result.get('error')}, expected {target.label}"]
 
-    return Call("POST", "/", check, json={"urls": [t.url for t in targets]}, tags=tuple(t.url for t in targets))
+    return Call("POST", "/", expect_results(targets, judge), json={"urls": [t.url for t in targets]}, tags=tuple(t.url for t in targets))
 
 
 def _top(result: dict) -> str | None:

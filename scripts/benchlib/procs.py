@@ -29,6 +29,7 @@ class Finished:
     returncode: int
     seconds: float
     peak_rss_mb: float  # of the process and every descendant it waited for
+    cpu_seconds: float  # user + system, likewise
     stdout: str
     stderr: str
 
@@ -51,13 +52,14 @@ def run(args: Sequence[str], env: Mapping[str, str], timeout: float) -> Finished
         killer = threading.Timer(timeout, process.kill)
         killer.start()
         try:
-            returncode, rss_mb = _wait(process)
+            returncode, usage = _wait(process)
         finally:
             killer.cancel()
         seconds = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
-        return Finished(returncode, seconds, rss_mb, out.read(), err.read())
+        return Finished(returncode, seconds, _rss_mb(usage), usage.ru_utime + usage.ru_stime,
+                        out.read(), err.read())
 
 
 def checked(finished: Finished, what: str) -> Finished:
@@ -66,11 +68,15 @@ def checked(finished: Finished, what: str) -> Finished:
     return finished
 
 
-def _wait(process: subprocess.Popen) -> tuple[int, float]:
-    """wait4: the exit status and ru_maxrss, which covers the children it reaped."""
+def _wait(process: subprocess.Popen):
+    """wait4: the exit status and resource usage, which covers the children it reaped."""
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, usage.ru_maxrss / 1024.0  # KiB on Linux
+    return process.returncode, usage
+
+
+def _rss_mb(usage) -> float:
+    return usage.ru_maxrss / 1024.0  # KiB on Linux
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -171,7 +177,7 @@ class Server:
             killer = threading.Timer(30, self._process.kill)
             killer.start()
             try:
-                _, self.peak_rss_mb = _wait(self._process)
+                self.peak_rss_mb = _rss_mb(_wait(self._process)[1])
             finally:
                 killer.cancel()
         self._log.close()

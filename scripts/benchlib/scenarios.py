@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -114,10 +115,14 @@ class Bench:
         return summary(seconds)
 
     def probe(self, mode: str, runtime: str, *args: str, **env: str) -> dict:
+        """benchlib.probe in a fresh process; `others_cpu_share` is how much of the
+        machine's CPUs other processes took meanwhile (it slows what the probe times)."""
+        machine, bench = procs.machine_busy_seconds(), time.process_time()
         done = procs.checked(procs.run(
             ["-m", "benchlib.probe", mode, "--cache", str(self.corpus_cache), *args],
             self.function_env(runtime, **env), PROCESS_TIMEOUT), f"probe {mode} ({runtime})")
-        return json.loads(done.stdout)
+        others = (procs.machine_busy_seconds() - machine - done.cpu_seconds - (time.process_time() - bench))
+        return {**json.loads(done.stdout), "others_cpu_share": others / (done.seconds * (os.cpu_count() or 1))}
 
     def inference(self, runtime: str, batches: Sequence[int], repeat: int,
                   litert_threads: int | None = None, **env: str) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -120,7 +121,7 @@ def test_probe_infers_and_measures_decode_levers_on_the_stand_in(use_stand_in, t
     assert scores.shape == (2, 4)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)
 
-    levers = probe.decode_levers(fixtures, repeat=1)
+    levers = probe.decode_levers(fixtures, repeat=1)["variants"]
     shipped = levers["shipped (draft, BILINEAR)"]
     assert shipped["top3_same"] and shipped["max_score_change"] == 0.0
     assert {"no draft, BILINEAR", "draft, NEAREST", "draft, BICUBIC"} <= set(levers)
@@ -184,8 +185,9 @@ def results() -> dict:
         "fetch_floor_s": sample(0.9),
         "runtimes": {"litert": runtime_entry(0.1, 1.5, 1.1, [30.0, 45.0]),
                      "tensorflow": runtime_entry(0.2, 7.0, 1.3, [])},
-        "levers": {"decode": {"shipped (draft, BILINEAR)": {"decode_ms": {"a.jpg": 50.0}, "top3_same": True,
-                                                            "max_score_change": 0.0}}},
+        "levers": {"decode": {"others_cpu_share": 0.0, "variants": {
+            "shipped (draft, BILINEAR)": {"decode_ms": {"a.jpg": 50.0}, "top3_same": True, "max_score_change": 0.0},
+            "no draft, BILINEAR": {"decode_ms": {"a.jpg": 150.0}, "top3_same": True, "max_score_change": 1e-3}}}},
         "agreement": {"top3_identical": 5, "images": 5, "max_score_diff": 1e-6},
     }
 
@@ -236,6 +238,7 @@ def test_table_leads_with_the_ratios():
     assert "81%" in ratio_lines[3] and "met" in ratio_lines[3] and "45%" in ratio_lines[4]
     assert table.index("RATIOS") < table.index("SCENARIOS") < table.index("LEVERS")
     assert "keep litert as the default" in table
+    assert re.search(r"no draft, BILINEAR +150\.0 +sum +150\.0 +top-3 same", table)
 
 
 def test_bench_command_is_an_executable_script():

@@ -157,7 +157,7 @@ def decode_levers(corpus, repeat: int) -> dict:
                 seconds[name, image.name] += _times(lambda: decode(image.data), 1)
     for (name, image_name), times in seconds.items():
         report[name]["decode_ms"][image_name] = 1000 * min(times)
-    return report
+    return {"variants": report}
 
 
 def _patched(fn: Callable, target: str, replacement: Callable) -> Callable:

@@ -217,7 +217,7 @@ def _lever_lines(results: dict) -> list[str]:
                      f"waited {first['model_wait']:.0f} ms after the fetches -> "
                      f"{first['model_load'] - first['model_wait']:.0f} ms hidden")
     lines.append("  decode, least ms per fixture (smallest to largest), top-3 vs shipped, max score change:")
-    for name, variant in levers["decode"].items():
+    for name, variant in levers["decode"]["variants"].items():
         times = " ".join(f"{ms:5.1f}" for ms in variant["decode_ms"].values())
         lines.append(f"    {name:<30} {times}  sum {sum(variant['decode_ms'].values()):5.1f}  "
                      f"top-3 {'same' if variant['top3_same'] else 'CHANGED'}, {variant['max_score_change']:.1e}")

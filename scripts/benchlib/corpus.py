@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def label_names(count: int = NUM_CLASSES) -> list[str]:
 
 
 def _build(root: Path) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO chatter
     from fixtures.models import build_hub_archive, mobilenet_v2
 
     root.mkdir(parents=True, exist_ok=True)

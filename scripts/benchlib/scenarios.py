@@ -39,6 +39,9 @@ def _median_fields(rows: Sequence[dict]) -> dict:
 
 @dataclasses.dataclass
 class Bench:
+    """One run's scenarios against one served corpus, with a model cache of its own
+    (empty at first: the first-ever run fills it)."""
+
     site: Site
     corpus_cache: Path
     work: Path  # per-run scratch: model caches, server logs, scores
@@ -49,14 +52,15 @@ class Bench:
 
     # --- environments ----------------------------------------------------------------
 
-    def function_env(self, runtime: str, model_cache: Path | None = None, **extra: str) -> dict[str, str]:
+    def function_env(self, runtime: str, **extra: str) -> dict[str, str]:
+        """The function's settings for this run: the stand-in, loopback allowed, JSON logs."""
         return procs.python_env({
             "CLASSIFIER_MODEL_URL": self.site.model_url,
             "CLASSIFIER_LABELS_URL": self.site.labels_url,
             "CLASSIFIER_ALLOW_PRIVATE_URLS": "1",
             "CLASSIFIER_RUNTIME": runtime,
             "CLASSIFIER_LOG_FORMAT": "json",
-            "TFHUB_CACHE_DIR": str(model_cache or self.model_cache),
+            "TFHUB_CACHE_DIR": str(self.model_cache),
             **extra,
         })
 
@@ -128,7 +132,7 @@ class Bench:
                   litert_threads: int | None = None, **env: str) -> dict:
         """Batched model calls alone in a fresh process; the fixtures' scores saved for the
         runtime agreement check."""
-        scores = self.work / f"scores-{runtime}.npy"
+        scores = self.work / f"scores-{runtime}-{len(list(self.work.glob('scores-*')))}.npy"
         args = ["--batches", ",".join(map(str, batches)), "--repeat", str(repeat), "--scores", str(scores)]
         if litert_threads is not None:
             args += ["--litert-threads", str(litert_threads)]

@@ -173,7 +173,7 @@ def results() -> dict:
 
     return {
         "meta": {"plan": {"name": "full"}, "profile": {"min_latency": 0.15, "max_latency": 0.4, "rate": 3e6},
-                 "cpus": 2, "load_before": [0.5, 0, 0], "load_after": [0.6, 0, 0], "bench_seconds": 60.0,
+                 "cpus": 2, "server": {"WORKERS": "1", "THREADS": "8"}, "load_before": [0.5, 0, 0], "load_after": [0.6, 0, 0], "bench_seconds": 60.0,
                  "images": [{"name": "a.jpg", "width": 800, "height": 600, "bytes": 150_000}]},
         "first_conversion": {"seconds": 9.0, "peak_rss_mb": 1100.0},
         "cold_cli": {
@@ -238,6 +238,7 @@ def test_table_leads_with_the_ratios():
     assert "81%" in ratio_lines[3] and "met" in ratio_lines[3] and "45%" in ratio_lines[4]
     assert table.index("RATIOS") < table.index("SCENARIOS") < table.index("LEVERS")
     assert "keep litert as the default" in table
+    assert "instance (the Dockerfile's): WORKERS=1 THREADS=8" in table
     assert re.search(r"no draft, BILINEAR +150\.0 +sum +150\.0 +top-3 same", table)
 
 

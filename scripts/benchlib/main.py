@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import corpus, network, report
-from .procs import ROOT
+from .procs import ROOT, Server, dockerfile_env
 from .scenarios import RUNTIMES, Bench, score_agreement
 
 
@@ -114,6 +114,7 @@ def _meta(plan: Plan, profile: network.Profile, fixtures: corpus.Corpus) -> dict
         "plan": dataclasses.asdict(plan),
         "profile": dataclasses.asdict(profile),
         "cpus": os.cpu_count(),
+        "server": dockerfile_env(Server.SERVER_ENV),
         "load_before": os.getloadavg(),
         "python": platform.python_version(),
         "machine": platform.machine(),

@@ -106,6 +106,7 @@ def render(results: dict) -> str:
         f"load average {meta['load_before'][0]:.1f} -> {meta['load_after'][0]:.1f}, {meta['bench_seconds']:.0f} s",
         f"network: {network}; 5 JPEGs "
         + ", ".join(f"{i['width']}x{i['height']}/{i['bytes'] // 1000} KB" for i in meta["images"]),
+        "instance (the Dockerfile's): " + " ".join(f"{k}={v}" for k, v in meta["server"].items()),
         "",
         *_ratio_lines(results),
         "",

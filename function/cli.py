@@ -61,7 +61,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"predictions per image, 1-{MAX_TOP_K} (default: CLASSIFIER_TOP_K or 3)")
     p.add_argument("-q", "--quiet", action="store_true", help="no logs on stderr")
     p.add_argument("--preload", action="store_true",
-                   help="download (and for litert, convert) the model into the cache, then exit")
+                   help="download (and for litert, convert) every configured model, or only --model's, "
+                        "into the cache, then exit")
     return p
 
 
@@ -79,8 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_native_stderr()
     classifier = Classifier(settings)
     try:
-        if args.preload:
-            classifier.model(args.model).get()
+        if args.preload:  # every configured model, so a baked image never downloads one
+            for lazy in [classifier.model(args.model)] if args.model else classifier.models.values():
+                lazy.get()
             return EXIT_OK
         failed = False
         # Bounded batches of lazily found sources: each is one model call, and its

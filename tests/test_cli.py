@@ -181,3 +181,16 @@ def test_sources_are_listed_lazily_in_bounded_batches(use_stand_in, monkeypatch,
     sizes_and_found = [(len(names), seen) for names, seen in batches]
     assert sizes_and_found == [(2, 2), (2, 4), (2, 6)]
     assert len(capsys.readouterr().out.splitlines()) == 6
+
+
+def test_preload_loads_every_configured_model(use_stand_in, flowers, monkeypatch, tmp_path):
+    """What the image bakes: the registry's models too, not only the default."""
+    from function import cli
+
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "bake"))
+    monkeypatch.setenv("CLASSIFIER_MODELS", json.dumps(
+        {"flowers": {"url": flowers.url, "labels": flowers.labels_url, "input_size": 180,
+                     "input_range": [0, 255], "output": "logits"}}))
+    assert cli.main(["--preload"]) == 0
+    baked = sorted(p.name for p in (tmp_path / "bake").glob("*.tflite"))
+    assert len(baked) == 2, baked  # the birds conversion and the downloaded flowers file

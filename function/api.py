@@ -48,7 +48,7 @@ def parse_json_body(body: bytes, default_top_k: int) -> ClassifyRequest:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise BadRequest('body must be a JSON object like {"urls": ["https://..."]}')
-    return ClassifyRequest(_urls(payload.get("urls")), _top_k(payload.get("top_k", default_top_k)),
+    return ClassifyRequest(_urls(payload.get("urls")), check_top_k(payload.get("top_k", default_top_k)),
                            _model(payload.get("model")))
 
 
@@ -67,7 +67,7 @@ def query_options(args: Mapping[str, Any], default_top_k: int) -> tuple[int, str
             top_k = int(raw_k)
         except ValueError:
             raise BadRequest(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {raw_k!r}") from None
-    return _top_k(top_k), _model(args.get("model"))
+    return check_top_k(top_k), _model(args.get("model"))
 
 
 def _urls(value: Any) -> tuple[str, ...]:
@@ -80,7 +80,8 @@ def _urls(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _top_k(value: Any) -> int:
+def check_top_k(value: Any) -> int:
+    """`value` if it is an int from 1 to MAX_TOP_K, else BadRequest (a ValueError)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOP_K:
         raise BadRequest(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {value!r}")
     return value

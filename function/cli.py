@@ -15,9 +15,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import files, logs
-from .api import MAX_TOP_K
+from .api import MAX_TOP_K, check_top_k
 from .config import ConfigError, load_settings
-from .errors import ClassifierError
+from .errors import BadRequest, ClassifierError
 from .pipeline import Classifier, Source
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -29,9 +29,10 @@ def _top_k(raw: str) -> int:
         value = int(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {raw!r}") from None
-    if not 1 <= value <= MAX_TOP_K:
-        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_TOP_K}")
-    return value
+    try:
+        return check_top_k(value)  # the API's own bounds
+    except BadRequest as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _regex(raw: str) -> re.Pattern[str]:

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 
 from tqdm import tqdm
@@ -17,7 +18,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import files, logs
 from .api import MAX_TOP_K, check_top_k
 from .config import ConfigError, load_settings
-from .errors import BadRequest, ClassifierError
+from .errors import BadRequest, ClassifierError, UnknownModel
 from .pipeline import Classifier, Source
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -78,11 +79,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     logs.configure(settings, quiet=args.quiet)
     if args.quiet:
+        warnings.simplefilter("ignore")  # libraries' own warnings (pkg_resources) too
         _silence_native_stderr()
     classifier = Classifier(settings)
     try:
+        chosen = classifier.model(args.model)
+    except UnknownModel as exc:  # a usage error: nothing was tried yet
+        print(f"classify: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         if args.preload:  # every configured model, so a baked image never downloads one
-            for lazy in [classifier.model(args.model)] if args.model else classifier.models.values():
+            for lazy in [chosen] if args.model else classifier.models.values():
                 lazy.get()
             return EXIT_OK
         failed = False

@@ -34,7 +34,7 @@ def sources(arg: str, recursive: bool, match: re.Pattern[str], max_bytes: int) -
         found = iter([_file(arg, max_bytes)])
     first = next(found, None)
     if first is None:
-        yield _failing(arg, FileUnreadable(f"no files here match {match.pattern!r}"))
+        yield _failing(arg, FileUnreadable(f"no files here match '{match.pattern}'"))
         return
     yield first
     yield from found

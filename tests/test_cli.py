@@ -64,6 +64,25 @@ def test_usage_errors_exit_2(stand_in, args):
     assert done.stdout == ""
 
 
+def test_an_unknown_model_is_a_usage_error(stand_in):
+    for args in (["--model", "nope", "http://a/b.jpg"], ["--preload", "--model", "nope"]):
+        done = run_cli(stand_in, *args)
+        assert done.returncode == 2, done.stderr
+        assert "unknown_model" in done.stderr and "birds" in done.stderr  # names what is configured
+        assert done.stdout == ""
+
+
+def test_match_errors_quote_the_pattern_as_typed(stand_in, tmp_path):
+    done = run_cli(stand_in, "--json", "-q", str(tmp_path), "--match", r"IMG_\d+\.jpg$")
+    assert json.loads(done.stdout)["error"]["message"] == r"no files here match 'IMG_\d+\.jpg$'"
+
+
+def test_quiet_silences_python_warnings_too(stand_in, tmp_path):
+    """-q: not even the pkg_resources deprecation warning tensorflow_hub triggers."""
+    done = run_cli(stand_in, "--preload", "-q", env={"TFHUB_CACHE_DIR": str(tmp_path), "PYTHONWARNINGS": "always"})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
 def test_bad_configuration_exits_2(stand_in):
     done = run_cli(stand_in, "http://a/b.jpg", env={"CLASSIFIER_TOP_K": "many"})
     assert done.returncode == 2
@@ -112,7 +131,7 @@ def test_folders_globs_files_and_urls_mixed_in_order(stand_in, warm_cache, photo
     assert [line.get("predictions", [{}])[0].get("label") for line in lines[:3]] == [
         "Erithacus rubecula", "Picus viridis", "Cyanistes caeruleus"]
     assert lines[3]["error"] == {"code": "file_unreadable", "message": "cannot read file: No such file or directory"}
-    assert lines[4]["error"] == {"code": "file_unreadable", "message": f"no files here match {files.IMAGE_FILES!r}"}
+    assert lines[4]["error"] == {"code": "file_unreadable", "message": f"no files here match '{files.IMAGE_FILES}'"}
     assert done.returncode == 1
 
 

@@ -7,8 +7,8 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS builder
 WORKDIR /src
 COPY scripts/image/ scripts/image/
-# The lock alone first: this large layer is reused until the lock changes.
-COPY requirements/runtime.txt requirements/runtime.txt
+# The locks alone first: this large layer is reused until a lock changes.
+COPY requirements/serving.txt requirements/runtime.txt requirements/
 RUN scripts/image/install /opt/venv -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY function/ function/

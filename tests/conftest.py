@@ -24,6 +24,27 @@ from fixtures.server import LoopbackServer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+# google-auth and botocore read their credentials from the environment and the home
+# directory, and look for metadata servers: no test may use the developer's credentials
+# or reach a real metadata server. The variables they read are dropped, and these point
+# their searches at nothing (tests that want credentials set their own).
+CLOUD_PREFIXES = ("AWS_", "GOOGLE_", "GCE_", "CLOUDSDK_")
+CLOUD_ISOLATION = {
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "CLOUDSDK_CONFIG": os.devnull,  # no gcloud application_default_credentials.json
+    "NO_GCE_CHECK": "true",  # google-auth does not probe for a metadata server
+    "GCE_METADATA_IP": "127.0.0.1:9",  # and would find none if it did (nothing listens there)
+}
+
+
+def isolated_environ(environ) -> dict[str, str]:
+    """`environ` without CLASSIFIER_* settings or cloud credentials, with CLOUD_ISOLATION."""
+    kept = {k: v for k, v in environ.items()
+            if not k.startswith(("CLASSIFIER_", *CLOUD_PREFIXES)) and k != "NO_GCE_CHECK"}
+    return {**kept, **CLOUD_ISOLATION}
+
 
 @dataclasses.dataclass(frozen=True)
 class StandIn:
@@ -95,10 +116,14 @@ def flowers(stand_in, tmp_path_factory) -> Flowers:
 
 @pytest.fixture(autouse=True)
 def isolate_environment(monkeypatch, tmp_path):
-    """No test sees the developer's CLASSIFIER_* settings or shares a model cache by accident."""
+    """No test sees the developer's CLASSIFIER_* settings or cloud credentials, or shares a
+    model cache by accident."""
+    isolated = isolated_environ(os.environ)
     for key in list(os.environ):
-        if key.startswith("CLASSIFIER_") or key in ("TFHUB_CACHE_DIR", "PORT"):
+        if key not in isolated or key in ("TFHUB_CACHE_DIR", "PORT"):
             monkeypatch.delenv(key)
+    for key, value in CLOUD_ISOLATION.items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "tfhub-cache"))
 
 
@@ -127,7 +152,7 @@ def app_client(use_stand_in):
 
 def python_env(extra: dict[str, str]) -> dict[str, str]:
     """Environment for a subprocess running this venv's Python and the project."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLASSIFIER_")}
+    env = isolated_environ(os.environ)
     env.update(extra)
     env["PATH"] = os.pathsep.join([str(pathlib.Path(sys.executable).parent), env.get("PATH", "")])
     return env

@@ -19,7 +19,15 @@ from typing import Any
 import flask
 
 from . import events, fetch, uploads
-from .errors import BadRequest, ClassifierError, MethodNotAllowed, ModelUnavailable, NotFound, RequestTooLarge
+from .errors import (
+    BadRequest,
+    ClassifierError,
+    MethodNotAllowed,
+    ModelUnavailable,
+    NotFound,
+    RequestTooLarge,
+    Unauthenticated,
+)
 from .pipeline import Classifier
 
 logger = logging.getLogger(__name__)
@@ -101,6 +109,8 @@ def error_response(error: ClassifierError) -> flask.Response:
     headers = {}
     if isinstance(error, ModelUnavailable):
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    if isinstance(error, Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"  # RFC 6750: what the 401 asks for
     return json_response({"error": error.to_dict()}, error.status, headers)
 
 
@@ -202,6 +212,7 @@ class HttpApp:
 
     def event(self, request: flask.Request) -> flask.Response:
         """A storage CloudEvent: the reply event in binary mode, or 204 when it is skipped."""
+        self.events.authenticate(request.headers)  # before the body is read: strangers get a 401 only
         reply = self.events.handle(request.headers, read_body(request, self.settings.max_request_bytes))
         if reply is None:
             return flask.Response(status=204)

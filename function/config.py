@@ -9,6 +9,7 @@ import re
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
@@ -58,7 +59,27 @@ def _names(raw: str) -> frozenset[str]:
     return frozenset(part.strip().upper() for part in raw.split(",") if part.strip())
 
 
+def _words(raw: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _http_url(raw: str) -> str:
+    url = raw.strip()
+    if not url.startswith(("http://", "https://")) or not urlsplit(url).hostname:
+        raise ValueError("must be an http(s) URL")
+    return url
+
+
+def _file(raw: str) -> str:
+    path = raw.strip()
+    if not os.path.isfile(path):
+        raise ValueError("no such file")
+    return path
+
+
 def _object_url_template(raw: str) -> str:
+    """The object session reaches only this URL's scheme, host and port, so the host part
+    may hold {bucket} (virtual-hosted S3) but never {name}, a port or credentials."""
     template = raw.strip()
     try:
         filled = template.format(bucket="b", name="n")
@@ -66,6 +87,15 @@ def _object_url_template(raw: str) -> str:
         raise ValueError("use only the placeholders {bucket} and {name}") from None
     if "{name}" not in template or not filled.startswith(("http://", "https://")):
         raise ValueError("must be an http(s) URL with a {name} placeholder")
+    netloc = urlsplit(template).netloc
+    if "{name}" in netloc:
+        raise ValueError("{name} belongs in the path, not in the host")
+    if "@" in netloc:
+        raise ValueError("no credentials in the URL: see docs/events.md for bucket credentials")
+    try:
+        urlsplit(filled).port
+    except ValueError:
+        raise ValueError("the port must be a number") from None
     return template
 
 
@@ -170,6 +200,15 @@ class Settings:
     object_url_template: str = ""  # "": the provider's default (function/events.py)
     bucket_token: str = dataclasses.field(default="", repr=False)  # a secret: kept out of reprs
     bucket_token_file: str = ""
+    # Event senders: when the audience is set, every CloudEvent needs a JWT for it (function/event_auth.py).
+    event_audience: str = ""
+    event_jwks_url: str = ""
+    event_jwks_ca_file: str = ""  # "": the system's CAs
+    event_issuer: str = ""  # "": any issuer the JWKS's keys sign for
+    event_senders: frozenset[str] = frozenset()  # allowed `sub` / verified `email` claims; empty: any
+    # Storage credentials (function/storage_auth.py); the rest of each chain is read by google-auth and botocore.
+    gce_metadata_host: str = ""  # set: GCS tokens come from this metadata server, without detection
+    aws_region: str = ""  # "": botocore's configured region, else us-east-1
     models: tuple[ModelSpec, ...] = ()  # CLASSIFIER_MODELS: the registry, beside the default
     model_retry_seconds: float = 5.0
     log_format: str = "text"
@@ -199,6 +238,13 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CLASSIFIER_OBJECT_URL_TEMPLATE": ("object_url_template", _object_url_template),
     "CLASSIFIER_BUCKET_TOKEN": ("bucket_token", str.strip),
     "CLASSIFIER_BUCKET_TOKEN_FILE": ("bucket_token_file", str.strip),
+    "CLASSIFIER_EVENT_AUDIENCE": ("event_audience", str.strip),
+    "CLASSIFIER_EVENT_JWKS_URL": ("event_jwks_url", _http_url),
+    "CLASSIFIER_EVENT_JWKS_CA_FILE": ("event_jwks_ca_file", _file),
+    "CLASSIFIER_EVENT_ISSUER": ("event_issuer", str.strip),
+    "CLASSIFIER_EVENT_SENDERS": ("event_senders", _words),
+    "GCE_METADATA_HOST": ("gce_metadata_host", str.strip),
+    "AWS_REGION": ("aws_region", str.strip),
     "CLASSIFIER_MODELS": ("models", _models),
     "CLASSIFIER_MODEL_RETRY_SECONDS": ("model_retry_seconds", _positive(float)),
     "CLASSIFIER_LOG_FORMAT": ("log_format", _choice(LOG_FORMATS)),
@@ -220,7 +266,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(f"{key}={raw!r}: {exc}") from None
     if "log_level" in values:
         values["log_level"] = values["log_level"].upper()
+    _check_event_auth(values)
     return Settings(**values)
+
+
+def _check_event_auth(values: dict[str, Any]) -> None:
+    """Half a sender check would fail open (no audience) or shut (no keys): refuse to start."""
+    audience = "CLASSIFIER_EVENT_AUDIENCE"
+    if values.get("event_audience") and not values.get("event_jwks_url"):
+        raise ConfigError(f"{audience} is set but CLASSIFIER_EVENT_JWKS_URL is not: "
+                          "name the JWKS that signs the senders' tokens")
+    if not values.get("event_audience"):
+        for key in ("CLASSIFIER_EVENT_JWKS_URL", "CLASSIFIER_EVENT_JWKS_CA_FILE", "CLASSIFIER_EVENT_ISSUER",
+                    "CLASSIFIER_EVENT_SENDERS"):
+            if values.get(ENVIRONMENT[key][0]):
+                raise ConfigError(f"{key} is set but {audience} is not: events would be accepted "
+                                  "without a token; set the audience the senders' tokens carry")
 
 
 @dataclasses.dataclass(frozen=True)

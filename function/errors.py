@@ -58,6 +58,22 @@ class UnsupportedEvent(BadRequest):
     code = "unsupported_event"
 
 
+class Unauthenticated(ClassifierError):
+    """A CloudEvent without a valid sender token while CLASSIFIER_EVENT_AUDIENCE is set (401)."""
+
+    code = "unauthenticated"
+    status = 401
+
+
+class AuthUnavailable(ClassifierError):
+    """The keys that check event senders' tokens (CLASSIFIER_EVENT_JWKS_URL) cannot be read
+    for now: 503, so the sender retries instead of dropping a genuine event."""
+
+    code = "auth_unavailable"
+    status = 503
+    transient = True
+
+
 class NotFound(ClassifierError):
     """No such path (404)."""
 

@@ -1,19 +1,23 @@
 """The CloudEvents front door: storage-upload events in, `io.birdclassifier.classified` out.
 
 Knative Eventing and Eventarc POST CloudEvents to the same `classify` target as the
-JSON API. An object-created event becomes one `Source` per object, fetched from the
-URL `CLASSIFIER_OBJECT_URL_TEMPLATE` gives it; the shared pipeline classifies them and
-the HTTP reply is a CloudEvent the Broker routes onward. A permanent failure travels
-inside the reply; a transient one answers 5xx so the Broker retries. docs/events.md
-lists the accepted types and the reply format.
+JSON API. When CLASSIFIER_EVENT_AUDIENCE is set, the sender's token is checked first
+(function/event_auth.py). An object-created event becomes one `Source` per object,
+fetched from the URL `CLASSIFIER_OBJECT_URL_TEMPLATE` gives it, through a session that
+cannot leave the template's host (function/buckets.py), with the bucket's credentials
+(function/storage_auth.py); the shared pipeline classifies them and the HTTP reply is a
+CloudEvent the Broker routes onward. A permanent failure travels inside the reply; a
+transient one answers 5xx so the Broker retries. docs/events.md lists the accepted types
+and the reply format.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import mimetypes
-import pathlib
+import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote_plus
@@ -22,7 +26,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
 
-from . import fetch
+from . import buckets, event_auth, fetch, storage_auth
 from .config import Settings
 from .errors import BadRequest, InvalidUrl, ItemError, StorageUnavailable, TooLarge, UnsupportedEvent
 from .pipeline import Classifier, Source
@@ -31,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 REPLY_TYPE = "io.birdclassifier.classified"
 REPLY_SOURCE = "/bird-classifier"
+# Reply ids are UUIDv5s of the incoming event's identity under this namespace (reply_id).
+REPLY_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://cloudevents.io/" + REPLY_TYPE)
+SPECVERSION = "1.0"
 
 GCS_FINALIZED = "google.cloud.storage.object.v1.finalized"
 GCS_SKIPPED = frozenset({
@@ -40,18 +47,16 @@ GCS_SKIPPED = frozenset({
 })
 # knative-extensions/eventing-ceph's receive adapter (knative/source-minio.yaml) types an
 # S3-style record "com.amazonaws." + its eventName: "s3:ObjectCreated:Put" from MinIO,
-# "ObjectCreated:Put" from AWS S3 and Ceph.
+# "ObjectCreated:Put" from AWS S3 and Ceph. The CloudEvents spec's own AWS S3 adapter
+# (cloudevents/spec, cloudevents/adapters/aws-s3.md) types it "com.amazonaws.s3." + eventName.
 S3_TYPE_PREFIX = "com.amazonaws."
+S3_SPEC_PREFIX = "s3."  # after S3_TYPE_PREFIX: the CloudEvents spec adapter's form
 # New bytes in the bucket. MinIO's other ObjectCreated actions (PutTagging, PutRetention,
 # PutLegalHold, DeleteTagging) change metadata only, like every non-ObjectCreated family.
 S3_UPLOADS = frozenset({
     "ObjectCreated:Put", "ObjectCreated:Post", "ObjectCreated:Copy", "ObjectCreated:CompleteMultipartUpload",
 })
 
-DEFAULT_TEMPLATES = {
-    "gcs": "https://storage.googleapis.com/{bucket}/{name}",
-    "s3": "https://{bucket}.s3.amazonaws.com/{name}",
-}
 # Content types that say nothing about the bytes: the name's extension decides.
 UNTYPED = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 # What a ce-* header value may hold unencoded (CloudEvents HTTP binding 1.0.2, 3.1.3.2).
@@ -64,16 +69,21 @@ Headers = Mapping[str, str]
 class StoredObject:
     """One object an event names: `name` decoded, as the bucket stores it."""
 
-    provider: str  # a key of DEFAULT_TEMPLATES
-    bucket: str
+    provider: str  # a key of buckets.DEFAULT_TEMPLATES
+    bucket: str  # checked against the provider's naming rules
     name: str
     content_type: str = ""
     size: int | None = None  # as the event declares it
+    generation: str = ""  # GCS: which version of the object the event is about (logged)
 
     def url(self, settings: Settings) -> str:
-        """The object's URL: bucket and name percent-encoded into the template."""
-        template = settings.object_url_template or DEFAULT_TEMPLATES[self.provider]
-        return template.format(bucket=quote(self.bucket, safe=""), name=quote(self.name, safe="/"))
+        """Where the object is fetched: bucket and name percent-encoded into the template."""
+        return buckets.object_url(settings, self.provider, self.bucket, self.name)
+
+    @property
+    def uri(self) -> str:
+        """`gs://BUCKET/NAME` or `s3://BUCKET/KEY`: the object's name in results and logs."""
+        return buckets.object_uri(self.provider, self.bucket, self.name)
 
     def looks_like_image(self) -> bool:
         """By content type; by extension when the type is missing or generic; else give it a try."""
@@ -93,7 +103,8 @@ def is_cloud_event(headers: Headers) -> bool:
 
 
 def parse_event(headers: Headers, body: bytes) -> CloudEvent:
-    """A CloudEvent 1.0 with non-empty id, source and type, or a BadRequest."""
+    """A CloudEvent 1.0 with non-empty id, source and type, or a BadRequest (the SDK also
+    reads 0.3, whose attributes differ: refused rather than half understood)."""
     try:
         event = from_http(headers, body)
     except (GenericException, ValueError, TypeError) as exc:  # the SDK lets decode errors through
@@ -101,6 +112,8 @@ def parse_event(headers: Headers, body: bytes) -> CloudEvent:
             f"not a valid CloudEvent ({exc}): binary mode needs ce-specversion: 1.0, ce-id, ce-source "
             "and ce-type headers; structured mode a JSON body with those attributes"
         ) from None
+    if event["specversion"] != SPECVERSION:
+        raise BadRequest(f"not a valid CloudEvent: specversion must be {SPECVERSION}, got {event['specversion']!r}")
     empty = [name for name in ("id", "source", "type") if not (isinstance(event.get(name), str) and event.get(name))]
     if empty:
         raise BadRequest(f"not a valid CloudEvent: {', '.join(empty)} must be non-empty strings")
@@ -118,8 +131,9 @@ def stored_objects(event: CloudEvent) -> list[StoredObject]:
     action = _s3_action(kind)
     if action is None:
         raise UnsupportedEvent(
-            f"unsupported event type {kind!r}: send {GCS_FINALIZED} (Eventarc) or "
-            f"{S3_TYPE_PREFIX}s3:ObjectCreated:Put and the like (S3 / MinIO notifications); see docs/events.md"
+            f"unsupported event type {kind!r}: send {GCS_FINALIZED} (Eventarc), "
+            f"{S3_TYPE_PREFIX}s3:ObjectCreated:Put and the like (S3 / MinIO notifications) or "
+            f"{S3_TYPE_PREFIX}{S3_SPEC_PREFIX}ObjectCreated:Put (CloudEvents' S3 adapter); see docs/events.md"
         )
     if action not in S3_UPLOADS:
         _skip(event, "not an upload")
@@ -134,10 +148,17 @@ def stored_objects(event: CloudEvent) -> list[StoredObject]:
     return objects
 
 
-def reply_event(objects: list[StoredObject], outcome: dict) -> CloudEvent:
+def reply_id(event: CloudEvent) -> str:
+    """The same for every delivery of one event: CloudEvents identify an event by source
+    and id, and brokers deliver at least once, so consumers can drop duplicate replies."""
+    return str(uuid.uuid5(REPLY_ID_NAMESPACE, json.dumps([event["source"], event["id"]])))
+
+
+def reply_event(event: CloudEvent, objects: list[StoredObject], outcome: dict) -> CloudEvent:
     """`io.birdclassifier.classified`: one object's result, or a `results` list for several."""
     entries = [{"bucket": o.bucket, "object": o.name, "result": r} for o, r in zip(objects, outcome["results"])]
-    attributes = {"type": REPLY_TYPE, "source": REPLY_SOURCE, "datacontenttype": "application/json"}
+    attributes = {"type": REPLY_TYPE, "source": REPLY_SOURCE, "id": reply_id(event),
+                  "datacontenttype": "application/json"}
     if len(entries) == 1:
         attributes["subject"] = objects[0].name
         data = {**entries[0], "model": outcome["model"]}
@@ -159,11 +180,16 @@ class EventHandler:
     def __init__(self, classifier: Classifier):
         self.classifier = classifier
         self.settings = classifier.settings
-        # The operator named the bucket's host in the template, so it may be private (an
-        # in-cluster MinIO); strangers' URLs in JSON requests keep the classifier's session.
-        self.session = classifier.session
-        if self.settings.object_url_template:
-            self.session = fetch.make_session(dataclasses.replace(self.settings, allow_private_urls=True))
+        self.authenticator = event_auth.authenticator(self.settings)
+        # Strangers' URLs in JSON requests keep the classifier's session.
+        self.session = buckets.object_session(self.settings)
+        self.credentials = storage_auth.BucketCredentials(self.settings)
+
+    def authenticate(self, headers: Headers) -> None:
+        """Unauthenticated (401) unless the sender's token checks out; a no-op when no
+        audience is configured. Called before the body is read."""
+        if self.authenticator is not None:
+            self.authenticator.check(headers)
 
     def handle(self, headers: Headers, body: bytes) -> tuple[dict[str, str], bytes] | None:
         """The reply event's headers and body; None when nothing is to be classified (204)."""
@@ -173,22 +199,25 @@ class EventHandler:
             if obj.looks_like_image():
                 objects.append(obj)
             else:
-                _skip(event, f"{obj.bucket}/{obj.name} is not an image ({obj.content_type or 'by its name'})")
+                _skip(event, f"{obj.uri} is not an image ({obj.content_type or 'by its name'})")
         if not objects:
             return None
-        auth = bucket_auth(self.settings)
+        sign = self.credentials.signer(objects[0].provider)  # one event, one provider
         transient: list[tuple[StoredObject, ItemError]] = []
-        outcome = self.classifier.classify([self._source(o, auth, transient) for o in objects])
+        outcome = self.classifier.classify([self._source(o, sign, transient) for o in objects])
         if transient:
             obj, error = transient[0]
             raise StorageUnavailable(
-                f"could not read {obj.bucket}/{obj.name} ({error.code}: {error.message}); "
+                f"could not read {obj.uri} ({error.code}: {error.message}); "
                 f"{len(transient)} of {len(objects)} objects failed for now, retry the event"
             )
-        return encode(reply_event(objects, outcome))
+        reply = reply_event(event, objects, outcome)
+        _log_results(event, reply, objects, outcome["results"])
+        return encode(reply)
 
-    def _source(self, obj: StoredObject, auth: Headers, transient: list) -> Source:
-        """The object's URL source, checked before fetching; transient failures are noted."""
+    def _source(self, obj: StoredObject, sign: storage_auth.Signer, transient: list) -> Source:
+        """The object's source, named by its gs:// or s3:// URI and checked before fetching;
+        transient failures are noted."""
         url = obj.url(self.settings)
         limit = self.settings.max_image_bytes
 
@@ -200,25 +229,31 @@ class EventHandler:
                 # bucket's token, would read another object than the one uploaded
                 raise InvalidUrl("an object name with a '.' or '..' segment cannot be fetched by URL")
             try:
-                return fetch.fetch(self.session, url, self.settings, auth)
+                return fetch.fetch(self.session, url, self.settings, sign(url))
             except ItemError as exc:
                 if exc.transient:
                     transient.append((obj, exc))
                 raise
 
-        return Source(url, load)
+        return Source(obj.uri, load)
 
 
-def bucket_auth(settings: Settings) -> dict[str, str]:
-    """The Authorization header for private buckets; the file (if set) wins and is read on
-    every event, so a rotated Secret takes effect without a restart."""
-    token = settings.bucket_token
-    if settings.bucket_token_file:
-        try:
-            token = pathlib.Path(settings.bucket_token_file).read_text().strip()
-        except OSError as exc:
-            raise StorageUnavailable(f"cannot read CLASSIFIER_BUCKET_TOKEN_FILE: {exc.strerror}") from None
-    return {"Authorization": f"Bearer {token}"} if token else {}
+def _log_results(event: CloudEvent, reply: CloudEvent, objects: list[StoredObject], results: list[dict]) -> None:
+    """One line per answered event: which objects (and GCS generations) gave what."""
+    entries = []
+    for obj, result in zip(objects, results):
+        entry: dict[str, Any] = {"object": obj.uri}
+        if obj.generation:
+            entry["generation"] = obj.generation
+        if "error" in result:
+            entry["error"] = result["error"]["code"]
+        else:
+            entry["label"], entry["score"] = result["predictions"][0]["label"], result["predictions"][0]["score"]
+        entries.append(entry)
+    summary = "; ".join(" ".join(str(v) for v in entry.values()) for entry in entries)
+    logger.info("event %s from %s: %s", event["id"], event["source"], summary,
+                extra={"fields": {"event": "storage_event", "id": event["id"], "source": event["source"],
+                                  "type": event["type"], "reply_id": reply["id"], "objects": entries}})
 
 
 # --- event data -------------------------------------------------------------------
@@ -254,16 +289,28 @@ def _text(value: Any) -> str:
 
 
 def _gcs_object(data: dict) -> StoredObject:
-    return StoredObject("gcs", _field(data, "bucket"), _field(data, "name"),
-                        _text(data.get("contentType")), _size(data.get("size")))
+    bucket, name = _field(data, "bucket"), _field(data, "name")
+    buckets.check_bucket("gcs", bucket, "bucket")
+    return StoredObject("gcs", bucket, name, _text(data.get("contentType")), _size(data.get("size")),
+                        _generation(data.get("generation")))
+
+
+def _generation(value: Any) -> str:
+    """GCS sends a string of digits; a number is taken too, anything else ignored."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value if isinstance(value, str) and value.isdigit() else ""
 
 
 def _s3_action(kind: str) -> str | None:
     """The action (`ObjectCreated:Put`) of an S3 notification type, else None:
-    `com.amazonaws.s3:<action>` (MinIO) or `com.amazonaws.Object<...>` (AWS S3, Ceph)."""
+    `com.amazonaws.s3:<action>` (MinIO), `com.amazonaws.Object<...>` (AWS S3, Ceph), both
+    through eventing-ceph, or `com.amazonaws.s3.<eventName>` (the CloudEvents spec's adapter)."""
     name = kind.removeprefix(S3_TYPE_PREFIX)
     if name == kind:
         return None
+    if name.startswith(S3_SPEC_PREFIX):
+        return name.removeprefix(S3_SPEC_PREFIX).removeprefix("s3:")
     if name.startswith("s3:"):
         return name.removeprefix("s3:")
     return name if name.startswith("Object") else None
@@ -282,6 +329,7 @@ def _records(data: dict) -> list[dict]:
 def _s3_object(record: dict) -> StoredObject:
     bucket = _field(record, "s3.bucket.name")
     key = unquote_plus(_field(record, "s3.object.key"))  # S3 and MinIO form-encode keys
+    buckets.check_bucket("s3", bucket, "s3.bucket.name")
     obj = record["s3"]["object"]  # a dict: _field found the key in it
     return StoredObject("s3", bucket, key, _text(obj.get("contentType")), _size(obj.get("size")))
 

@@ -17,6 +17,7 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 
 from fixtures import images as test_images
+from fixtures.server import LoopbackServer
 from conftest import function_client
 from function.config import ConfigError, load_settings
 from function.events import StoredObject
@@ -94,6 +95,16 @@ def s3_event(*records: dict, type: str = "com.amazonaws.s3:ObjectCreated:Put") -
                       {"Records": list(records)})
 
 
+def spec_adapter_event(record: dict) -> CloudEvent:
+    """The CloudEvents spec's AWS S3 adapter (cloudevents/adapters/aws-s3.md): one record per event."""
+    elements = record["responseElements"]
+    return CloudEvent({"type": "com.amazonaws.s3." + record["eventName"],
+                       "source": f"{record['eventSource']}.{record['awsRegion']}.{record['s3']['bucket']['name']}",
+                       "id": f"{elements['x-amz-request-id']}.{elements['x-amz-id-2']}",
+                       "subject": record["s3"]["object"]["key"], "time": record["eventTime"],
+                       "datacontenttype": "application/json"}, record)
+
+
 def ceph_adapter_event(record: dict) -> CloudEvent:
     """What eventing-ceph's receive adapter sends per record: type from eventName, data the record."""
     return CloudEvent({"type": "com.amazonaws." + record["eventName"],
@@ -164,8 +175,8 @@ def event_server(stand_in):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", [to_binary, to_structured], ids=["binary", "structured"])
 @pytest.mark.parametrize("provider", ["gcs", "s3"])
-def test_upload_events_through_functions_framework(event_server, stand_in, provider, mode):
-    bucket = f"ff-{provider}-{mode.__name__}"
+def test_upload_events_through_functions_framework(event_server, client, stand_in, provider, mode):
+    bucket = f"ff-{provider}-{mode.__name__.replace('_', '-')}"
     if provider == "gcs":
         event, name = gcs_event(bucket, "garden/robin 1.png"), "garden/robin 1.png"
         put_object(stand_in, f"/{bucket}/garden/robin%201.png", RED)
@@ -183,9 +194,11 @@ def test_upload_events_through_functions_framework(event_server, stand_in, provi
     assert unquote(reply["subject"]) == name
     assert reply.data["bucket"] == bucket and reply.data["object"] == name
     assert reply.data["model"] == stand_in.model_url
-    assert reply.data["result"]["url"] == stand_in.server.url(f"/{bucket}/{name.replace(' ', '%20')}")
+    assert reply.data["result"]["url"] == f"{'gs' if provider == 'gcs' else 's3'}://{bucket}/{name}"
     assert reply.data["result"]["predictions"][0]["label"] == label
     assert "total" in reply.data["timings_ms"]
+    in_process = reply_of(post(client, event, mode))  # another process, the same reply id
+    assert in_process["id"] == reply["id"] and in_process.data["result"] == reply.data["result"]
 
 
 # --- providers, keys and shapes (in-process) ------------------------------------------
@@ -195,7 +208,7 @@ def test_gcs_reply_holds_the_same_result_object_as_the_json_api(client, stand_in
     url = put_object(stand_in, "/gcs-same/robin.png", RED)
     reply = reply_of(post(client, gcs_event("gcs-same", "robin.png")))
     json_result = client.post("/", json={"urls": [url]}).get_json()["results"][0]
-    assert reply.data["result"] == json_result
+    assert reply.data["result"] == {**json_result, "url": "gs://gcs-same/robin.png"}  # the object, not the fetch URL
     assert reply["subject"] == "robin.png"
     assert list(reply.data) == ["bucket", "object", "result", "model", "timings_ms"]
 
@@ -253,6 +266,15 @@ def test_several_records_are_one_batch_and_one_reply(client, stand_in):
     assert reply.data["model"] == stand_in.model_url and "timings_ms" in reply.data
 
 
+@pytest.mark.parametrize("event_name", ["ObjectCreated:Put", "ObjectCreated:Post", "ObjectCreated:Copy",
+                                        "ObjectCreated:CompleteMultipartUpload", "s3:ObjectCreated:Put"])
+def test_cloudevents_spec_s3_adapter_types_are_accepted(client, stand_in, event_name):
+    put_object(stand_in, "/spec-s3/tit.png", BLUE)
+    reply = reply_of(post(client, spec_adapter_event(s3_record("spec-s3", "tit.png", event_name=event_name))))
+    assert reply.data["object"] == "tit.png" and reply.data["result"]["url"] == "s3://spec-s3/tit.png"
+    assert reply.data["result"]["predictions"][0]["label"] == TIT
+
+
 @pytest.mark.parametrize("size", ["2048", 2048, "", "unknown", None])
 def test_size_may_be_a_string_a_number_or_missing(client, stand_in, size):
     put_object(stand_in, "/gcs-size/robin.png", RED)
@@ -301,8 +323,10 @@ def test_untyped_object_with_an_image_name_is_classified(client, stand_in):
     ceph_adapter_event(s3_record("s3-del", "robin.png", "s3:ObjectAccessed:Get")),
     ceph_adapter_event(s3_record("s3-del", "robin.png", "s3:ObjectCreated:PutTagging")),
     s3_event(s3_record("s3-del", "robin.png", "s3:ObjectRemoved:Delete")),  # an upload type, no upload record
+    spec_adapter_event(s3_record("s3-del", "robin.png", "ObjectRemoved:Delete")),
+    spec_adapter_event(s3_record("s3-del", "robin.png", "ObjectRestore:Completed")),
 ], ids=["gcs-deleted", "gcs-metadata", "gcs-archived", "s3-removed", "ceph-removed", "minio-accessed",
-        "minio-tagging", "records"])
+        "minio-tagging", "records", "spec-removed", "spec-restore"])
 def test_deletions_and_metadata_updates_are_acknowledged_and_skipped(client, stand_in, function_logs, event):
     response = post(client, event)
     assert response.status_code == 204
@@ -332,6 +356,10 @@ BINARY = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/test",
 
 @pytest.mark.parametrize("headers, body", [
     ({**BINARY, "ce-specversion": "0.9"}, b"{}"),
+    ({**BINARY, "ce-specversion": "0.3"}, b"{}"),
+    ({"Content-Type": "application/cloudevents+json"},
+     b'{"specversion": "0.3", "id": "1", "source": "/t", "type": "google.cloud.storage.object.v1.finalized", '
+     b'"data": {"bucket": "abc", "name": "robin.png"}}'),
     ({**BINARY, "ce-specversion": "2.0"}, b"{}"),
     ({k: v for k, v in BINARY.items() if k != "ce-id"}, b"{}"),
     ({k: v for k, v in BINARY.items() if k != "ce-source"}, b"{}"),
@@ -345,7 +373,7 @@ BINARY = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/test",
     ({"Content-Type": "application/cloudevents+json"}, b"[]"),
     ({"Content-Type": "application/cloudevents+json"}, b""),
     ({"Content-Type": "application/cloudevents-batch+json"}, b"[]"),
-], ids=["specversion-0.9", "specversion-2.0", "no-id", "no-source", "no-specversion", "empty-id", "structured-no-id",
+], ids=["specversion-0.9", "specversion-0.3", "structured-specversion-0.3", "specversion-2.0", "no-id", "no-source", "no-specversion", "empty-id", "structured-no-id",
         "structured-numeric-id", "structured-numeric-specversion", "structured-not-json", "structured-not-utf8",
         "structured-array", "structured-empty", "batch-mode"])
 def test_malformed_cloud_events_are_bad_requests(client, headers, body):
@@ -401,7 +429,7 @@ def test_permanent_failure_replies_with_the_error_result(client, stand_in, route
     put_object(stand_in, "/gcs-perm/robin.png", body=body, **route)
     reply = reply_of(post(client, gcs_event("gcs-perm", "robin.png")))
     assert reply.data["result"]["error"]["code"] == code
-    assert reply.data["result"]["url"] == stand_in.server.url("/gcs-perm/robin.png")
+    assert reply.data["result"]["url"] == "gs://gcs-perm/robin.png"
     assert "predictions" not in reply.data["result"]
 
 
@@ -470,7 +498,7 @@ def test_token_file_is_read_on_every_event(monkeypatch, tmp_path, bucket_env, us
     assert error["code"] == "storage_unavailable" and "CLASSIFIER_BUCKET_TOKEN_FILE" in error["message"]
 
 
-def test_token_follows_same_origin_redirects_only(monkeypatch, bucket_env, use_stand_in):
+def test_token_follows_same_origin_redirects_and_no_other(monkeypatch, bucket_env, use_stand_in):
     monkeypatch.setenv("CLASSIFIER_BUCKET_TOKEN", TOKEN)
     client = function_client()
     server = use_stand_in.server
@@ -480,10 +508,11 @@ def test_token_follows_same_origin_redirects_only(monkeypatch, bucket_env, use_s
     other_origin = f"http://localhost:{server.port}/moved/robin.png"  # another host name, the same server
     put_object(use_stand_in, "/redirects/away.png", status=302, headers={"Location": other_origin})
     reply = reply_of(post(client, s3_event(s3_record("redirects", "same.png"), s3_record("redirects", "away.png"))))
-    assert [r["result"]["predictions"][0]["label"] for r in reply.data["results"]] == [TIT, ROBIN]
+    same, away = (r["result"] for r in reply.data["results"])
+    assert same["predictions"][0]["label"] == TIT
+    assert away["error"]["code"] == "forbidden_url" and "/moved/robin.png" not in server.hits
     assert server.request_headers["/redirects/same-target.png"]["Authorization"] == f"Bearer {TOKEN}"
     assert server.request_headers["/redirects/away.png"]["Authorization"] == f"Bearer {TOKEN}"
-    assert "Authorization" not in server.request_headers["/moved/robin.png"]
 
 
 def test_template_host_may_be_private_while_json_urls_may_not(monkeypatch, bucket_env, use_stand_in):
@@ -493,6 +522,105 @@ def test_template_host_may_be_private_while_json_urls_may_not(monkeypatch, bucke
     reply = reply_of(post(client, gcs_event("in-cluster", "robin.png")))
     assert reply.data["result"]["predictions"][0]["label"] == ROBIN
     assert client.post("/", json={"urls": [url]}).get_json()["results"][0]["error"]["code"] == "forbidden_url"
+
+
+# --- a session that cannot be steered -------------------------------------------------------
+
+
+@pytest.fixture
+def elsewhere():
+    """Canaries: another loopback address and another port, each serving what an SSRF wants."""
+    with LoopbackServer("127.0.0.2") as other_host, LoopbackServer() as other_port:
+        for server in (other_host, other_port):
+            server.add("/latest/meta-data/", b"ami-id", content_type="text/plain")
+        yield other_host, other_port
+
+
+@pytest.mark.parametrize("target", [
+    "http://127.0.0.2:{other_host}/latest/meta-data/",  # another private address
+    "http://127.0.0.1:{other_port}/latest/meta-data/",  # the template's host, another port
+    "http://localhost:{port}/redirected/robin.png",  # the template's server under another name
+    "https://127.0.0.1:{port}/redirected/robin.png",  # another scheme
+    "http://169.254.169.254/latest/meta-data/",  # the cloud metadata endpoint
+])
+def test_redirects_off_the_template_host_are_forbidden(monkeypatch, bucket_env, use_stand_in, elsewhere, target):
+    monkeypatch.setenv("CLASSIFIER_BUCKET_TOKEN", TOKEN)
+    client = function_client()
+    other_host, other_port = elsewhere
+    server = use_stand_in.server
+    put_object(use_stand_in, "/redirected/robin.png", RED)
+    location = target.format(port=server.port, other_host=other_host.port, other_port=other_port.port)
+    put_object(use_stand_in, "/steer/robin.png", status=302, headers={"Location": location})
+    asked = server.hits.get("/steer/robin.png", 0)
+    reply = reply_of(post(client, gcs_event("steer", "robin.png")))
+    assert reply.data["result"]["error"]["code"] == "forbidden_url"
+    assert server.hits["/steer/robin.png"] == asked + 1 and "/redirected/robin.png" not in server.hits
+    assert not other_host.hits and not other_port.hits
+
+
+@pytest.mark.parametrize("event, field", [
+    (gcs_event("..", "robin.png"), "bucket"),
+    (gcs_event("a..b", "robin.png"), "bucket"),
+    (gcs_event("..%2F..%2Fsecret", "robin.png"), "bucket"),
+    (gcs_event("other/../bucket", "robin.png"), "bucket"),
+    (gcs_event("Photos", "robin.png"), "bucket"),
+    (gcs_event("ab", "robin.png"), "bucket"),
+    (gcs_event("x" * 64, "robin.png"), "bucket"),
+    (gcs_event("127.0.0.1", "robin.png"), "bucket"),
+    (s3_event(s3_record("my_photos", "robin.png")), "s3.bucket.name"),
+    (s3_event(s3_record(".photos", "robin.png")), "s3.bucket.name"),
+    (ceph_adapter_event(s3_record("photos-", "robin.png")), "s3.bucket.name"),
+    (spec_adapter_event(s3_record("evil.example:80", "robin.png", event_name="ObjectCreated:Put")),
+     "s3.bucket.name"),
+], ids=["dotdot", "empty-label", "encoded-slash", "slash", "uppercase", "short", "long", "ip", "s3-underscore",
+        "s3-leading-dot", "s3-trailing-dash", "s3-port"])
+def test_bucket_names_off_the_providers_rules_are_bad_requests(client, stand_in, event, field):
+    before = dict(stand_in.server.hits)
+    error = error_of(post(client, event), 400)
+    assert error["code"] == "bad_request"
+    assert f"event data {field!r} is not a valid bucket name" in error["message"]
+    assert stand_in.server.hits == before  # nothing fetched
+
+
+def test_results_and_logs_name_the_object_never_the_fetch_url(monkeypatch, caplog, use_stand_in):
+    secret = "X-Goog-Signature=0badc0ffee"  # a signed template: its query must stay private
+    monkeypatch.setenv("CLASSIFIER_OBJECT_URL_TEMPLATE", use_stand_in.server.url("/{bucket}/{name}?" + secret))
+    monkeypatch.setenv("CLASSIFIER_LOG_LEVEL", "debug")
+    client = function_client()
+    logs = capture_logs(monkeypatch, caplog)
+    put_object(use_stand_in, "/signed/robin.png", RED)
+    put_object(use_stand_in, "/signed/gone.png", status=404)
+    response = post(client, s3_event(s3_record("signed", "robin.png"), s3_record("signed", "gone.png")))
+    results = [r["result"] for r in reply_of(response).data["results"]]
+    assert [r["url"] for r in results] == ["s3://signed/robin.png", "s3://signed/gone.png"]
+    assert results[0]["predictions"][0]["label"] == ROBIN and results[1]["error"]["code"] == "http_status"
+    ours = "\n".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in logs.records if r.name.startswith("function"))
+    assert "s3://signed/gone.png" in ours and "s3://signed/robin.png" in ours
+    assert "0badc0ffee" not in ours + response.get_data(as_text=True)
+
+
+# --- at least once in, exactly one answer out --------------------------------------------------
+
+
+def test_redelivered_events_get_the_same_reply_id(client, stand_in):
+    put_object(stand_in, "/again/robin.png", RED)
+    event = gcs_event("again", "robin.png")
+    first, redelivered = (reply_of(post(client, event, mode))["id"] for mode in (to_binary, to_structured))
+    assert first == redelivered
+    others = {reply_of(post(client, CloudEvent({**event.get_attributes(), **change}, event.data)))["id"]
+              for change in ({"id": "9876543210124"}, {"source": "//storage.googleapis.com/projects/_/buckets/b"})}
+    assert len(others | {first}) == 3
+
+
+def test_gcs_generation_is_logged_with_the_result(client, stand_in, function_logs):
+    put_object(stand_in, "/generations/robin.png", RED)
+    reply = reply_of(post(client, gcs_event("generations", "robin.png")))
+    [record] = [r for r in function_logs.records if getattr(r, "fields", {}).get("event") == "storage_event"]
+    assert record.fields["reply_id"] == reply["id"] and record.fields["id"] == "9876543210123"
+    [entry] = record.fields["objects"]
+    assert entry["object"] == "gs://generations/robin.png" and entry["generation"] == "1714557600123456"
+    assert entry["label"] == ROBIN
+    assert "gs://generations/robin.png 1714557600123456 Erithacus rubecula" in record.getMessage()
 
 
 # --- configuration ---------------------------------------------------------------------------

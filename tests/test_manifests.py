@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from function.config import load_settings
+
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "knative" / "schemas"
 VALIDATE = ROOT / "scripts" / "validate-manifests"
@@ -358,3 +360,13 @@ def test_func_yaml_deploys_like_the_manifest(revision, container):
     assert set(func["deploy"]["healthEndpoints"].values()) == {container["readinessProbe"]["httpGet"]["path"]}
     assert [s["filters"]["type"] for s in func["deploy"]["subscriptions"]] == [
         t["spec"]["filter"]["attributes"]["type"] for t in load("trigger-storage.yaml")]
+
+
+def test_storage_events_need_a_token_for_the_triggers_audience(container):
+    """The Triggers name the audience the Service requires, and the Service's settings start."""
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert {t["spec"]["subscriber"]["audience"] for t in load("trigger-storage.yaml")} == {
+        env["CLASSIFIER_EVENT_AUDIENCE"]}
+    assert env["CLASSIFIER_EVENT_JWKS_CA_FILE"] == "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    settings = load_settings({**env, "CLASSIFIER_EVENT_JWKS_CA_FILE": __file__})  # the CA is mounted in a pod
+    assert settings.event_audience and settings.event_jwks_url.startswith("https://")

@@ -68,29 +68,34 @@ class BucketCredentials:
             return lambda url: {"Authorization": f"Bearer {token}"}
         return self._google() if provider == "gcs" else self._aws()
 
-    def _lookup(self, provider: str, find: Callable[[], Any]) -> Any:
-        """`find()` once per process; a failure is not remembered, the next event tries again."""
-        if provider not in self._found:
-            self._found[provider] = find()
-        return self._found[provider]
+    def _current(self, provider: str, find: Callable[[], Any], renew: Callable[[Any], Any],
+                 errors: tuple[type[Exception], ...], what: str) -> Any:
+        """`renew(find())`, or None for anonymous reads. `find()` runs once per process (a
+        failure is not remembered: the next event tries again); `renew` brings what it found
+        up to date. Library `errors` become StorageUnavailable naming `what`."""
+        with self._lock:
+            try:
+                if provider not in self._found:
+                    self._found[provider] = find()
+                found = self._found[provider]
+                return None if found is None else renew(found)
+            except errors as exc:
+                raise StorageUnavailable(f"cannot get {what}: {_brief(exc)}") from None
 
     # --- GCS: Application Default Credentials --------------------------------------------
 
     def _google(self) -> Signer:
         from google.auth.exceptions import GoogleAuthError
 
-        headers: dict[str, str] = {}
-        with self._lock:
-            try:
-                found = self._lookup("gcs", self._find_google)
-                if found is None:
-                    return _anonymous
-                credentials, transport = found
-                # Refreshes when the token is missing or close to expiry, then sets Authorization.
-                credentials.before_request(transport, "GET", "", headers)
-            except GoogleAuthError as exc:
-                raise StorageUnavailable(f"cannot get a GCS token: {_brief(exc)}") from None
-        return lambda url: dict(headers)
+        def authorization(found: tuple[Any, Any]) -> dict[str, str]:
+            credentials, transport = found
+            headers: dict[str, str] = {}
+            # Refreshes when the token is missing or close to expiry, then sets Authorization.
+            credentials.before_request(transport, "GET", "", headers)
+            return headers
+
+        headers = self._current("gcs", self._find_google, authorization, (GoogleAuthError,), "a GCS token")
+        return _anonymous if headers is None else lambda url: dict(headers)
 
     def _find_google(self) -> tuple[Any, Any] | None:
         import google.auth
@@ -119,19 +124,18 @@ class BucketCredentials:
         from botocore.awsrequest import AWSRequest
         from botocore.exceptions import BotoCoreError, ClientError
 
-        with self._lock:
-            try:
-                found = self._lookup("s3", self._find_aws)
-                if found is None:
-                    return _anonymous
-                credentials, region = found
-                frozen = credentials.get_frozen_credentials()  # refreshes temporary credentials when due
-            except (BotoCoreError, ClientError) as exc:
-                raise StorageUnavailable(f"cannot get AWS credentials: {_brief(exc)}") from None
+        def frozen(found: tuple[Any, str]) -> tuple[Any, str]:
+            credentials, region = found
+            return credentials.get_frozen_credentials(), region  # refreshes temporary credentials when due
+
+        current = self._current("s3", self._find_aws, frozen, (BotoCoreError, ClientError), "AWS credentials")
+        if current is None:
+            return _anonymous
+        credentials, region = current
 
         def sign(url: str) -> dict[str, str]:
             request = AWSRequest(method="GET", url=url)
-            S3SigV4Auth(frozen, "s3", region).add_auth(request)
+            S3SigV4Auth(credentials, "s3", region).add_auth(request)
             return dict(request.headers.items())
 
         return sign

@@ -95,9 +95,11 @@ def flowers(stand_in, tmp_path_factory) -> Flowers:
 
 @pytest.fixture(autouse=True)
 def isolate_environment(monkeypatch, tmp_path):
-    """No test sees the developer's CLASSIFIER_* settings or shares a model cache by accident."""
+    """No test sees the developer's CLASSIFIER_* settings (nor tracing, metrics or Cloud
+    Logging settings) or shares a model cache by accident."""
     for key in list(os.environ):
-        if key.startswith("CLASSIFIER_") or key in ("TFHUB_CACHE_DIR", "PORT"):
+        if key.startswith(("CLASSIFIER_", "OTEL_")) or key in (
+                "TFHUB_CACHE_DIR", "PORT", "GOOGLE_CLOUD_PROJECT", "PROMETHEUS_MULTIPROC_DIR"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "tfhub-cache"))
 

@@ -22,7 +22,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
 
-from . import fetch
+from . import fetch, request_context
 from .config import Settings
 from .errors import BadRequest, InvalidUrl, ItemError, StorageUnavailable, TooLarge, UnsupportedEvent
 from .pipeline import Classifier, Source
@@ -134,10 +134,13 @@ def stored_objects(event: CloudEvent) -> list[StoredObject]:
     return objects
 
 
-def reply_event(objects: list[StoredObject], outcome: dict) -> CloudEvent:
-    """`io.birdclassifier.classified`: one object's result, or a `results` list for several."""
+def reply_event(objects: list[StoredObject], outcome: dict, traceparent: str | None = None) -> CloudEvent:
+    """`io.birdclassifier.classified`: one object's result, or a `results` list for several;
+    `traceparent` (the distributed tracing extension) ties it to the request's trace."""
     entries = [{"bucket": o.bucket, "object": o.name, "result": r} for o, r in zip(objects, outcome["results"])]
     attributes = {"type": REPLY_TYPE, "source": REPLY_SOURCE, "datacontenttype": "application/json"}
+    if traceparent:
+        attributes["traceparent"] = traceparent
     if len(entries) == 1:
         attributes["subject"] = objects[0].name
         data = {**entries[0], "model": outcome["model"]}
@@ -168,6 +171,7 @@ class EventHandler:
     def handle(self, headers: Headers, body: bytes) -> tuple[dict[str, str], bytes] | None:
         """The reply event's headers and body; None when nothing is to be classified (204)."""
         event = parse_event(headers, body)
+        request_context.adopt_event_id(event["id"])
         objects = []
         for obj in stored_objects(event):
             if obj.looks_like_image():
@@ -185,7 +189,7 @@ class EventHandler:
                 f"could not read {obj.bucket}/{obj.name} ({error.code}: {error.message}); "
                 f"{len(transient)} of {len(objects)} objects failed for now, retry the event"
             )
-        return encode(reply_event(objects, outcome))
+        return encode(reply_event(objects, outcome, request_context.traceparent()))
 
     def _source(self, obj: StoredObject, auth: Headers, transient: list) -> Source:
         """The object's URL source, checked before fetching; transient failures are noted."""

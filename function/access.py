@@ -1,4 +1,4 @@
-"""Every answered HTTP request: its id and trace, one log line and its metrics.
+"""Every answered HTTP request: its id and trace, one log line, its metrics and its span.
 
 Whatever the status, the answer carries `X-Request-Id`, and one line says what was asked
 and how it went; the request's other lines (per image, from the download threads too)
@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import flask
 
-from . import metrics, request_context
+from . import metrics, request_context, tracing
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +25,14 @@ def serve(request: flask.Request, answer: Callable[[flask.Request], flask.Respon
     """`answer(request)` as the current request; `route` is the matched path, "" for none."""
     started = time.perf_counter()
     context = request_context.from_headers(request.headers)
+    span_name = f"{request.method} {route}" if route else request.method
+    span_attributes = {"http.request.method": request.method, "url.path": request.path, "http.route": route}
     # A scrape sees the requests in flight besides itself, as it sees the counts of those before it.
     in_flight = contextlib.nullcontext() if route == metrics.PATH else metrics.IN_FLIGHT.track_inprogress()
-    with request_context.activate(context), in_flight:
+    with (request_context.activate(context), in_flight,
+          tracing.request_span(span_name, span_attributes, request.headers, context) as answered):
         response = answer(request)
+        answered(response.status_code)
         response.headers[request_context.REQUEST_ID_HEADER] = context.request_id
         _record(request, response.status_code, context, time.perf_counter() - started)
     return response

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import labels, metrics, runtime
+from . import labels, metrics, runtime, tracing
 from .config import ModelSpec
 from .errors import BadModel, ModelUnavailable
 from .fetch import redact, scrub
@@ -75,7 +75,8 @@ class LazyModel:
                 raise type(self._last_error)(self._last_error.message, retry_after=wait)
             runs_on = runtime.effective(self.spec, self._runtime)
             try:
-                self._model = self._load()
+                with tracing.span("model_load", {"classifier.model": self.spec.name, "classifier.runtime": runs_on}):
+                    self._model = self._load()
             except Exception as exc:  # noqa: BLE001 - any load failure is a 503, never a crash
                 metrics.MODEL_LOADS.labels(self.spec.name, "error").inc()
                 self._record_failure(exc)

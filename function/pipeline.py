@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import requests
 
-from . import fetch, images, metrics, request_context
+from . import fetch, images, metrics, request_context, tracing
 from .config import ModelSpec, Settings, model_specs
 from .errors import ItemError, TooManyUrls, UnknownModel
 from .model import LazyModel, LoadedModel
@@ -78,7 +78,7 @@ class Classifier:
         workers = max(1, min(len(sources), self.settings.fetch_workers))
         with concurrent.futures.ThreadPoolExecutor(workers + 1, thread_name_prefix="fetch") as pool:
             # The model loads (first request only) while the images download, both in the
-            # request's context: their log lines stay the request's.
+            # request's context: their log lines and spans stay the request's.
             loading = None if lazy.loaded else pool.submit(request_context.carry(_timed), lazy.get)
             items = list(pool.map(request_context.carry(lambda s: self._prepare(s, lazy.spec)), sources))
             fetched = time.perf_counter()
@@ -88,7 +88,8 @@ class Classifier:
                 loaded, load_seconds = lazy.get(), 0.0
         waited = time.perf_counter() - fetched
         inference_started = time.perf_counter()
-        results = self._predict(items, loaded, top_k)
+        with tracing.span("inference", {"classifier.model": lazy.spec.name, "classifier.images": len(items)}):
+            results = self._predict(items, loaded, top_k)
         inference = time.perf_counter() - inference_started
         timings = {
             "fetch": max((i.fetch_seconds for i in items), default=0.0),
@@ -117,10 +118,10 @@ class Classifier:
         item = _Item(source)
         shown = fetch.redact(source.name)
         try:
-            with metrics.stage("fetch") as fetched:
+            with metrics.stage("fetch") as fetched, tracing.span("fetch", {"url.full": shown}):
                 data = source.load()
             item.fetch_seconds = fetched.seconds
-            with metrics.stage("decode") as decoded:
+            with metrics.stage("decode") as decoded, tracing.span("decode"):
                 item.pixels = images.decode(
                     data, spec.input_size, self.settings.max_image_pixels, self.settings.allowed_formats,
                     self.decode_budget,

@@ -358,3 +358,25 @@ def test_func_yaml_deploys_like_the_manifest(revision, container):
     assert set(func["deploy"]["healthEndpoints"].values()) == {container["readinessProbe"]["httpGet"]["path"]}
     assert [s["filters"]["type"] for s in func["deploy"]["subscriptions"]] == [
         t["spec"]["filter"]["attributes"]["type"] for t in load("trigger-storage.yaml")]
+
+
+def test_prometheus_scrapes_metrics_on_the_container_port(revision, container):
+    from function import metrics
+
+    annotations = revision["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == container["ports"][0]["containerPort"]
+    assert annotations["prometheus.io/path"] == metrics.PATH
+
+
+def test_documented_pod_monitors_select_this_service_and_scrape_both_containers(service):
+    """docs/observability.md's PodMonitor (Prometheus Operator) and PodMonitoring (GKE)."""
+    text = (ROOT / "docs" / "observability.md").read_text()
+    monitors = {doc["kind"]: doc for block in re.findall(r"```yaml\n(.*?)```", text, re.S)
+                for doc in yaml.safe_load_all(block) if isinstance(doc, dict) and "kind" in doc}
+    for kind, endpoints in (("PodMonitor", "podMetricsEndpoints"), ("PodMonitoring", "endpoints")):
+        spec = monitors[kind]["spec"]
+        assert spec["selector"]["matchLabels"] == {"serving.knative.dev/service": service["metadata"]["name"]}
+        # Knative names the user container's port "user-port" in the pod; queue-proxy's is "http-usermetric".
+        assert {"port": "user-port", "path": "/metrics"}.items() <= spec[endpoints][0].items()
+    assert [e["port"] for e in monitors["PodMonitor"]["spec"]["podMetricsEndpoints"]] == ["user-port", "http-usermetric"]

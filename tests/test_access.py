@@ -13,7 +13,6 @@ import sys
 import pytest
 import requests
 from cloudevents.conversion import to_binary
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import function_client
 from fixtures import images as test_images
@@ -21,6 +20,7 @@ from function import api
 from function.config import default_model, load_settings
 from function.runtime import tflite_path
 from test_events import capture_logs, gcs_event, put_object
+from test_metrics import parse
 from test_server import functions_framework
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -28,16 +28,10 @@ SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE}-{SPAN}-01"
 
 
-def parse_scrape(text: str) -> dict:
-    """An exposition, parsed by prometheus-client's own parser: {(sample, labels): value}."""
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
 def scrape(client) -> dict:
     response = client.get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
-    return parse_scrape(response.get_data(as_text=True))
+    return parse(response.get_data(as_text=True))
 
 
 def changes(before: dict, after: dict, name: str) -> dict:
@@ -202,7 +196,7 @@ def test_as_deployed_json_lines_and_one_scrape_tell_the_same_story(stand_in, flo
     red = stand_in.image_url("deployed-red.png", (250, 5, 5))
     missing = stand_in.server.url("/images/deployed-missing.png")
     with functions_framework(env) as (base, process):
-        before = parse_scrape(requests.get(base + "/metrics", timeout=30).text)
+        before = parse(requests.get(base + "/metrics", timeout=30).text)
         answers = [
             requests.post(base, json={"urls": [red, missing]}, headers={"traceparent": TRACEPARENT}, timeout=60),
             requests.get(base, params={"url": red}, timeout=60),
@@ -210,7 +204,7 @@ def test_as_deployed_json_lines_and_one_scrape_tell_the_same_story(stand_in, flo
             requests.post(base, data=b"{", headers={"Content-Type": "application/json"}, timeout=60),
             requests.get(base + "/nope", timeout=60),
         ]
-        after = parse_scrape(requests.get(base + "/metrics", timeout=30).text)
+        after = parse(requests.get(base + "/metrics", timeout=30).text)
         process.terminate()
         lines = [json.loads(line) for line in process.communicate(timeout=30)[1].decode().splitlines()
                  if line.startswith("{")]

@@ -30,6 +30,7 @@ if sys.argv[3] == "dies-in-flight":
 
 
 def parse(text: str) -> dict:
+    """An exposition, read by prometheus-client's own parser: {(sample name, labels): value}."""
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -104,7 +105,8 @@ def test_gunicorn_workers_answer_one_scrape_for_all(stand_in, tmp_path):
     scrape, it counts every request, once both workers have answered some."""
     directory = tmp_path / "metrics"
     directory.mkdir()
-    env = {**stand_in.env(), "WORKERS": "2", "THREADS": "2", "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    env = {**stand_in.env(), "WORKERS": "2", "THREADS": "2", "PROMETHEUS_MULTIPROC_DIR": str(directory),
+           "CLASSIFIER_LOG_LEVEL": "warning"}  # the server's stderr is a pipe nobody reads
     with functions_framework(env) as (base, _):
         sent = 0
         while len(list(directory.glob("counter_*.db"))) < 2 and sent < 200:  # until both have counted

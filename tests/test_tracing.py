@@ -23,18 +23,22 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
 
 
-@pytest.fixture(scope="session")
-def exporter():
-    """An in-memory exporter on the process's tracer provider (set up once: OTel allows one)."""
+@pytest.fixture
+def exporter(monkeypatch):
+    """An in-memory exporter on a tracer provider that is global for this test only: the
+    globals OTel sets once are put back afterwards (as OTel's own tests reset them)."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.util._once import Once
 
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(TracerProvider())
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER_SET_ONCE", Once())
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)
     memory = InMemorySpanExporter()
-    trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(memory))
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    trace.set_tracer_provider(provider)
     return memory
 
 
@@ -43,7 +47,6 @@ def traced(use_stand_in, stand_in, exporter, monkeypatch):
     """The app with tracing on (the endpoint is never reached: the spans stay in memory)."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("CLASSIFIER_OBJECT_URL_TEMPLATE", stand_in.server.url("/{bucket}/{name}"))
-    exporter.clear()
     yield function_client()
     tracing.configure(Settings())  # off again for the tests after this one
 
@@ -112,7 +115,6 @@ def test_server_errors_mark_the_span(traced, exporter, monkeypatch):
 
 
 def test_off_without_an_endpoint(use_stand_in, exporter, stand_in):
-    exporter.clear()
     client = function_client()
     assert client.post("/", json={"urls": [stand_in.image_url("tracing-off.png")]}).status_code == 200
     assert exporter.get_finished_spans() == ()

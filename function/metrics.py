@@ -15,8 +15,8 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client import make_wsgi_app
+from prometheus_client import (REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
+                               make_wsgi_app)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 # `*_created` series exist only in single-process mode; off, both modes expose the same series.

@@ -18,7 +18,7 @@ from typing import Any
 
 import flask
 
-from . import events, fetch, uploads
+from . import access, events, fetch, metrics, request_context, uploads
 from .errors import (
     BadRequest,
     ClassifierError,
@@ -33,6 +33,7 @@ from .pipeline import Classifier
 logger = logging.getLogger(__name__)
 
 MAX_TOP_K = 20
+ROUTES = frozenset({"/", "/healthz", "/models", "/openapi.json", metrics.PATH})
 JSON = "application/json"
 HTML = "text/html"
 MULTIPART = "multipart/form-data"
@@ -137,8 +138,13 @@ class HttpApp:
         self.classifier = classifier
         self.settings = classifier.settings
         self.events = events.EventHandler(classifier)
+        self.metrics = metrics.wsgi_app(self.settings.metrics_dir)
 
     def __call__(self, request: flask.Request) -> flask.Response:
+        path = _path(request)
+        return access.serve(request, self.respond, path if path in ROUTES else "")
+
+    def respond(self, request: flask.Request) -> flask.Response:
         response = self.answer(request)
         if request.content_length or request.headers.get("Transfer-Encoding"):
             # functions-framework reads the whole request body into memory after every
@@ -151,13 +157,15 @@ class HttpApp:
         try:
             return self.route(request)
         except ClassifierError as exc:
+            request_context.note_error(exc.code)
             return error_response(exc)
         except Exception:  # noqa: BLE001 - the one catch-all: log it, answer JSON
             logger.exception("unhandled error on %s %s", request.method, request.path)
+            request_context.note_error("internal")
             return json_response({"error": {"code": "internal", "message": "internal error"}}, 500)
 
     def route(self, request: flask.Request) -> flask.Response:
-        path = request.path.rstrip("/") or "/"
+        path = _path(request)
         if path == "/healthz":
             _allow(request, "GET", "HEAD")
             return json_response({"status": "ok"})
@@ -167,6 +175,9 @@ class HttpApp:
         if path == "/openapi.json":
             _allow(request, "GET")
             return flask.Response(resource("openapi.json"), mimetype=JSON)
+        if path == metrics.PATH:
+            _allow(request, "GET")
+            return flask.Response.from_app(self.metrics, request.environ)
         if path != "/":
             raise NotFound(f"no such path: {request.path}")
         _allow(request, "GET", "POST")
@@ -174,14 +185,18 @@ class HttpApp:
             if "url" not in request.args and request.accept_mimetypes.best_match([JSON, HTML]) == HTML:
                 return flask.Response(resource("static/index.html"), mimetype=HTML,
                                       headers={"Content-Security-Policy": PAGE_POLICY})
+            request_context.set_door("query")
             return self.classify(parse_query(request.args, self.settings.top_k))
         return self.post(request)
 
     def post(self, request: flask.Request) -> flask.Response:
         if events.is_cloud_event(request.headers):
+            request_context.set_door("event")
             return self.event(request)
         if request.mimetype == MULTIPART or request.mimetype.startswith("image/"):
+            request_context.set_door("upload")
             return self.upload(request)
+        request_context.set_door("json")
         if request.mimetype != JSON:
             raise BadRequest(f"POST a JSON body with Content-Type: {JSON}, a {MULTIPART} form "
                              f"or an image/* body (got {request.mimetype or 'none'!r})")
@@ -223,6 +238,11 @@ class HttpApp:
 def _public(described: dict[str, Any]) -> dict[str, Any]:
     """A model's description for strangers: its URLs without query strings (signatures)."""
     return {**described, "url": fetch.redact(described["url"]), "labels": fetch.redact(described["labels"])}
+
+
+def _path(request: flask.Request) -> str:
+    """The path as routed: a trailing slash makes no difference."""
+    return request.path.rstrip("/") or "/"
 
 
 def _allow(request: flask.Request, *methods: str) -> None:

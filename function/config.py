@@ -213,6 +213,16 @@ class Settings:
     model_retry_seconds: float = 5.0
     log_format: str = "text"
     log_level: str = "INFO"
+    # Observability (docs/observability.md): read here, used by the libraries that own them.
+    google_cloud_project: str = ""  # "": JSON logs carry no Cloud Logging trace fields
+    otlp_endpoint: str = ""  # OTLP collector: traces are exported when set (otel extra)
+    otlp_traces_endpoint: str = ""  # the same, for traces only
+    metrics_dir: str = ""  # prometheus-client's multiprocess directory, for servers with workers
+
+    @property
+    def tracing(self) -> bool:
+        """Spans are made only when there is a collector to send them to."""
+        return bool(self.otlp_endpoint or self.otlp_traces_endpoint)
 
 
 # env var -> (field, parser); one table so the README's configuration section has one source.
@@ -249,6 +259,10 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CLASSIFIER_MODEL_RETRY_SECONDS": ("model_retry_seconds", _positive(float)),
     "CLASSIFIER_LOG_FORMAT": ("log_format", _choice(LOG_FORMATS)),
     "CLASSIFIER_LOG_LEVEL": ("log_level", _choice(("debug", "info", "warning", "error"))),
+    "GOOGLE_CLOUD_PROJECT": ("google_cloud_project", str.strip),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("otlp_endpoint", str.strip),
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ("otlp_traces_endpoint", str.strip),
+    "PROMETHEUS_MULTIPROC_DIR": ("metrics_dir", str.strip),
 }
 
 

@@ -26,7 +26,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
 
-from . import buckets, event_auth, fetch, storage_auth
+from . import buckets, event_auth, fetch, request_context, storage_auth
 from .config import Settings
 from .errors import BadRequest, InvalidUrl, ItemError, StorageUnavailable, TooLarge, UnsupportedEvent
 from .pipeline import Classifier, Source
@@ -154,11 +154,15 @@ def reply_id(event: CloudEvent) -> str:
     return str(uuid.uuid5(REPLY_ID_NAMESPACE, json.dumps([event["source"], event["id"]])))
 
 
-def reply_event(event: CloudEvent, objects: list[StoredObject], outcome: dict) -> CloudEvent:
-    """`io.birdclassifier.classified`: one object's result, or a `results` list for several."""
+def reply_event(event: CloudEvent, objects: list[StoredObject], outcome: dict,
+                traceparent: str | None = None) -> CloudEvent:
+    """`io.birdclassifier.classified`: one object's result, or a `results` list for several;
+    `traceparent` (the distributed tracing extension) ties it to the request's trace."""
     entries = [{"bucket": o.bucket, "object": o.name, "result": r} for o, r in zip(objects, outcome["results"])]
     attributes = {"type": REPLY_TYPE, "source": REPLY_SOURCE, "id": reply_id(event),
                   "datacontenttype": "application/json"}
+    if traceparent:
+        attributes["traceparent"] = traceparent
     if len(entries) == 1:
         attributes["subject"] = objects[0].name
         data = {**entries[0], "model": outcome["model"]}
@@ -194,6 +198,7 @@ class EventHandler:
     def handle(self, headers: Headers, body: bytes) -> tuple[dict[str, str], bytes] | None:
         """The reply event's headers and body; None when nothing is to be classified (204)."""
         event = parse_event(headers, body)
+        request_context.adopt_event_id(event["id"])
         objects = []
         for obj in stored_objects(event):
             if obj.looks_like_image():
@@ -211,7 +216,7 @@ class EventHandler:
                 f"could not read {obj.uri} ({error.code}: {error.message}); "
                 f"{len(transient)} of {len(objects)} objects failed for now, retry the event"
             )
-        reply = reply_event(event, objects, outcome)
+        reply = reply_event(event, objects, outcome, request_context.traceparent())
         _log_results(event, reply, objects, outcome["results"])
         return encode(reply)
 

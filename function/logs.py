@@ -2,27 +2,45 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import sys
 
+from pythonjsonlogger import json as jsonlogger
+from pythonjsonlogger.core import RESERVED_ATTRS
+
 from .config import Settings
+from .request_context import LogFilter
+
+# Fields Cloud Logging lifts out of a JSON line to group a request's lines under its trace.
+CLOUD_TRACE = "logging.googleapis.com/trace"
+CLOUD_SPAN_ID = "logging.googleapis.com/spanId"
 
 
-class JsonFormatter(logging.Formatter):
-    """Cloud Logging and Knative's collectors read `severity` and `message` fields."""
+class JsonFormatter(jsonlogger.JsonFormatter):
+    """python-json-logger with the field names Cloud Logging and Knative's collectors read
+    (`severity`, `message`, `time` in RFC 3339 UTC with milliseconds), a record's `fields`
+    at the top level, and the Cloud Logging trace fields when the project is known."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "severity": record.levelname,
-            "message": record.getMessage(),
-            "logger": record.name,
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-        }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+    def __init__(self, project: str = ""):
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "severity", "name": "logger", "exc_info": "exception"},
+            reserved_attrs=[*RESERVED_ATTRS, "fields"],
+        )
+        self.project = project
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        moment = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def add_fields(self, log_data: dict, record: logging.LogRecord, message_dict: dict) -> None:
+        super().add_fields(log_data, record, message_dict)
+        log_data.update(getattr(record, "fields", {}))
+        if self.project and "trace_id" in log_data:
+            log_data[CLOUD_TRACE] = f"projects/{self.project}/traces/{log_data['trace_id']}"
+            log_data[CLOUD_SPAN_ID] = log_data["span_id"]
 
 
 class TextFormatter(logging.Formatter):
@@ -40,7 +58,9 @@ class TextFormatter(logging.Formatter):
 def configure(settings: Settings, quiet: bool = False) -> None:
     """Route the package's logs to stderr; called by front doors only, never on import."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(settings.google_cloud_project) if settings.log_format == "json"
+                         else TextFormatter())
+    handler.addFilter(LogFilter())  # every line of a request names it
     package = logging.getLogger("function")
     package.handlers[:] = [handler]
     package.setLevel(logging.ERROR + 10 if quiet else settings.log_level)

@@ -4,13 +4,14 @@ Importing this module is cheap (no TensorFlow, no model): functions-framework an
 gunicorn import it before serving, and /healthz must answer at once.
 """
 
-from function import logs, memory
+from function import logs, memory, tracing
 from function.api import HttpApp
 from function.config import load_settings
 from function.pipeline import Classifier
 
 _settings = load_settings()
 logs.configure(_settings)
+tracing.configure(_settings)
 memory.return_big_buffers()
 _app = HttpApp(Classifier(_settings))
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import labels, runtime
+from . import labels, metrics, runtime, tracing
 from .config import ModelSpec
 from .errors import BadModel, ModelUnavailable
 from .fetch import redact, scrub
@@ -73,11 +73,16 @@ class LazyModel:
             wait = self._retry_at - time.monotonic()
             if self._last_error is not None and wait > 0:
                 raise type(self._last_error)(self._last_error.message, retry_after=wait)
+            runs_on = runtime.effective(self.spec, self._runtime)
             try:
-                self._model = self._load()
+                with tracing.span("model_load", {"classifier.model": self.spec.name, "classifier.runtime": runs_on}):
+                    self._model = self._load()
             except Exception as exc:  # noqa: BLE001 - any load failure is a 503, never a crash
+                metrics.MODEL_LOADS.labels(self.spec.name, "error").inc()
                 self._record_failure(exc)
                 raise self._last_error from exc
+            metrics.MODEL_LOADS.labels(self.spec.name, "ok").inc()
+            metrics.MODEL_LOAD_SECONDS.labels(self.spec.name, runs_on).observe(self._model.load_seconds)
             self._failures = 0
             self._last_error = None
             return self._model

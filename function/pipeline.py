@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import requests
 
-from . import fetch, images
+from . import fetch, images, metrics, request_context, tracing
 from .config import ModelSpec, Settings, model_specs
 from .errors import ItemError, TooManyUrls, UnknownModel
 from .model import LazyModel, LoadedModel
@@ -77,9 +77,10 @@ class Classifier:
         lazy = self.model(model)
         workers = max(1, min(len(sources), self.settings.fetch_workers))
         with concurrent.futures.ThreadPoolExecutor(workers + 1, thread_name_prefix="fetch") as pool:
-            # The model loads (first request only) while the images download.
-            loading = None if lazy.loaded else pool.submit(_timed, lazy.get)
-            items = list(pool.map(lambda s: self._prepare(s, lazy.spec), sources))
+            # The model loads (first request only) while the images download, both in the
+            # request's context: their log lines and spans stay the request's.
+            loading = None if lazy.loaded else pool.submit(request_context.carry(_timed), lazy.get)
+            items = list(pool.map(request_context.carry(lambda s: self._prepare(s, lazy.spec)), sources))
             fetched = time.perf_counter()
             if loading is not None:
                 loaded, load_seconds = loading.result()
@@ -87,7 +88,8 @@ class Classifier:
                 loaded, load_seconds = lazy.get(), 0.0
         waited = time.perf_counter() - fetched
         inference_started = time.perf_counter()
-        results = self._predict(items, loaded, top_k)
+        with tracing.span("inference", {"classifier.model": lazy.spec.name, "classifier.images": len(items)}):
+            results = self._predict(items, loaded, top_k)
         inference = time.perf_counter() - inference_started
         timings = {
             "fetch": max((i.fetch_seconds for i in items), default=0.0),
@@ -99,6 +101,9 @@ class Classifier:
         }
         timings_ms = {k: round(v * 1000, 1) for k, v in timings.items()}
         failed = sum(1 for r in results if "error" in r)
+        metrics.observe_classification(lazy.spec.name, [r["error"]["code"] if "error" in r else "ok" for r in results],
+                                       timings)
+        request_context.note_images(len(results) - failed, failed)
         logger.info(
             "classified %d images: %d ok, %d failed",
             len(results), len(results) - failed, failed,
@@ -111,21 +116,25 @@ class Classifier:
 
     def _prepare(self, source: Source, spec: ModelSpec) -> _Item:
         item = _Item(source)
-        started = time.perf_counter()
+        shown = fetch.redact(source.name)
         try:
-            data = source.load()
-            item.fetch_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            item.pixels = images.decode(
-                data, spec.input_size, self.settings.max_image_pixels, self.settings.allowed_formats,
-                self.decode_budget,
-            )
-            item.decode_seconds = time.perf_counter() - started
+            with metrics.stage("fetch") as fetched, tracing.span("fetch", {"url.full": shown}):
+                data = source.load()
+            item.fetch_seconds = fetched.seconds
+            with metrics.stage("decode") as decoded, tracing.span("decode"):
+                item.pixels = images.decode(
+                    data, spec.input_size, self.settings.max_image_pixels, self.settings.allowed_formats,
+                    self.decode_budget,
+                )
+            item.decode_seconds = decoded.seconds
+            logger.debug("%s: fetched in %.1f ms, decoded in %.1f ms", shown, fetched.seconds * 1000,
+                         decoded.seconds * 1000, extra={"fields": {"event": "image", "image": shown, "outcome": "ok"}})
         except ItemError as exc:
             item.error = exc
-            logger.info("%s: %s %s", fetch.redact(source.name), exc.code, exc.message)
+            logger.info("%s: %s %s", shown, exc.code, exc.message,
+                        extra={"fields": {"event": "image", "image": shown, "outcome": exc.code}})
         except Exception as exc:  # noqa: BLE001 - one bad image never spoils the others
-            logger.exception("unexpected failure on %s", fetch.redact(source.name))
+            logger.exception("unexpected failure on %s", shown)
             item.error = ItemError(f"unexpected error: {type(exc).__name__}")
         return item
 

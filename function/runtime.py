@@ -32,9 +32,14 @@ Predict = Callable[[np.ndarray], np.ndarray]  # float32 [N,H,W,3] -> float32 [N,
 
 def load(spec: ModelSpec, runtime: str, cache_dir: str) -> Predict:
     """A thread-safe predict function for `spec` on `runtime` (`.tflite` files: LiteRT)."""
-    if runtime == "tensorflow" and not is_tflite(spec.url):
+    if effective(spec, runtime) == "tensorflow":
         return _tensorflow_predict(*_load_hub(spec))
     return _litert_predict(tflite_path(spec, cache_dir), spec)
+
+
+def effective(spec: ModelSpec, runtime: str) -> str:
+    """The runtime `spec` really runs on: the configured one, but `.tflite` files always on LiteRT."""
+    return "tensorflow" if runtime == "tensorflow" and not is_tflite(spec.url) else "litert"
 
 
 def is_tflite(url: str) -> bool:

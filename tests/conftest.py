@@ -40,9 +40,10 @@ CLOUD_ISOLATION = {
 
 
 def isolated_environ(environ) -> dict[str, str]:
-    """`environ` without CLASSIFIER_* settings or cloud credentials, with CLOUD_ISOLATION."""
+    """`environ` without CLASSIFIER_*, tracing or metrics settings or cloud credentials, with CLOUD_ISOLATION."""
     kept = {k: v for k, v in environ.items()
-            if not k.startswith(("CLASSIFIER_", *CLOUD_PREFIXES)) and k != "NO_GCE_CHECK"}
+            if not k.startswith(("CLASSIFIER_", "OTEL_", *CLOUD_PREFIXES))
+            and k not in ("NO_GCE_CHECK", "PROMETHEUS_MULTIPROC_DIR")}
     return {**kept, **CLOUD_ISOLATION}
 
 
@@ -116,8 +117,8 @@ def flowers(stand_in, tmp_path_factory) -> Flowers:
 
 @pytest.fixture(autouse=True)
 def isolate_environment(monkeypatch, tmp_path):
-    """No test sees the developer's CLASSIFIER_* settings or cloud credentials, or shares a
-    model cache by accident."""
+    """No test sees the developer's CLASSIFIER_* settings, cloud credentials, tracing,
+    metrics or Cloud Logging settings, or shares a model cache by accident."""
     isolated = isolated_environ(os.environ)
     for key in list(os.environ):
         if key not in isolated or key in ("TFHUB_CACHE_DIR", "PORT"):

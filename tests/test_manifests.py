@@ -370,3 +370,25 @@ def test_storage_events_need_a_token_for_the_triggers_audience(container):
     assert env["CLASSIFIER_EVENT_JWKS_CA_FILE"] == "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     settings = load_settings({**env, "CLASSIFIER_EVENT_JWKS_CA_FILE": __file__})  # the CA is mounted in a pod
     assert settings.event_audience and settings.event_jwks_url.startswith("https://")
+
+
+def test_prometheus_scrapes_metrics_on_the_container_port(revision, container):
+    from function import metrics
+
+    annotations = revision["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == container["ports"][0]["containerPort"]
+    assert annotations["prometheus.io/path"] == metrics.PATH
+
+
+def test_documented_pod_monitors_select_this_service_and_scrape_both_containers(service):
+    """docs/observability.md's PodMonitor (Prometheus Operator) and PodMonitoring (GKE)."""
+    text = (ROOT / "docs" / "observability.md").read_text()
+    monitors = {doc["kind"]: doc for block in re.findall(r"```yaml\n(.*?)```", text, re.S)
+                for doc in yaml.safe_load_all(block) if isinstance(doc, dict) and "kind" in doc}
+    for kind, endpoints in (("PodMonitor", "podMetricsEndpoints"), ("PodMonitoring", "endpoints")):
+        spec = monitors[kind]["spec"]
+        assert spec["selector"]["matchLabels"] == {"serving.knative.dev/service": service["metadata"]["name"]}
+        # Knative names the user container's port "user-port" in the pod; queue-proxy's is "http-usermetric".
+        assert {"port": "user-port", "path": "/metrics"}.items() <= spec[endpoints][0].items()
+    assert [e["port"] for e in monitors["PodMonitor"]["spec"]["podMetricsEndpoints"]] == ["user-port", "http-usermetric"]

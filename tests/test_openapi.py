@@ -73,6 +73,9 @@ def test_every_documented_answer_is_real_and_valid(use_stand_in, stand_in, flowe
         check(client.get("/healthz"), "/healthz", "get"),
         check(client.get("/models"), "/models", "get"),
         check(client.get("/openapi.json"), "/openapi.json", "get"),
+        check(client.get("/metrics"), "/metrics", "get"),
+        check(client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}),
+              "/metrics", "get"),
         check(client.get("/", headers={"Accept": "text/html"}), "/", "get"),
         check(client.get("/", query_string={"url": [red, "nope"], "model": "flowers"}), "/", "get"),
         check(client.get("/", query_string={"top_k": "x"}), "/", "get"),
@@ -105,7 +108,7 @@ def test_the_document_is_openapi_3_with_valid_schemas():
     for name, schema in DOC["components"]["schemas"].items():
         jsonschema.Draft4Validator(metaschema).validate(schema)
     assert {op["operationId"] for ops in DOC["paths"].values() for op in ops.values()} == {
-        "classifyQuery", "classify", "health", "models", "openapi"}
+        "classifyQuery", "classify", "health", "metrics", "models", "openapi"}
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import runpy
-import shlex
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from imagelib import dockerfile
 
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "knative" / "schemas"
@@ -49,14 +50,8 @@ def load(name: str) -> list[dict]:
 
 
 def image_env() -> dict[str, str]:
-    """ENV of the Dockerfile's final stage: the server settings the manifests must match."""
-    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
-    final = text.split("\nFROM ")[-1]
-    return dict(
-        word.split("=", 1)
-        for line in final.splitlines() if line.startswith("ENV ")
-        for word in shlex.split(line[4:])
-    )
+    """ENV of the image's default target: the server settings the manifests must match."""
+    return dockerfile.parse().env("lean")
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,6 @@ ENV PORT=8080 \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     XDG_RUNTIME_DIR=/tmp
-RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent app
 WORKDIR /app
 COPY function/ function/
 ARG CLASSIFIER_MODEL_URL
@@ -77,6 +76,9 @@ ARG CLASSIFIER_MODELS
 ENV CLASSIFIER_MODEL_URL=${CLASSIFIER_MODEL_URL} \
     CLASSIFIER_LABELS_URL=${CLASSIFIER_LABELS_URL} \
     CLASSIFIER_MODELS=${CLASSIFIER_MODELS}
+# A RUN after that ENV, on purpose: buildah's layer cache reuses an ENV step whatever value its
+# build arg has unless a RUN follows (containers/buildah#5575), and would ship the last model's.
+RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent app
 USER 10001
 EXPOSE 8080
 # CMD, not ENTRYPOINT: `docker run IMAGE classify URL...` runs the CLI instead.

@@ -90,6 +90,9 @@ def test_the_model_build_args_default_to_the_birds_and_become_the_images_env():
     for target in ("lean", "full"):
         env = DOCKERFILE.env(target)
         assert {name: env[name] for name in names} == {name: f"${{{name}}}" for name in names}
+    app = [name for name, _ in DOCKERFILE.stages["app"].instructions]
+    assert "RUN" in app[app.index("ENV", app.index("ARG")):], (
+        "a RUN must follow the ENV of the build args, or buildah's cache ships a stale value")
 
 
 def test_both_targets_run_functions_framework_as_cmd_and_non_root():

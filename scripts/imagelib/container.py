@@ -18,18 +18,13 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import requests
 
 from benchlib import procs
 
 from .store import ImageConfig
 
-START_SECONDS = 120.0
-HEALTH_POLL_SECONDS = 0.01
 STOP_SECONDS = 30.0
 
 # Runs as root in the new namespaces, then becomes the image's process: PID 1 stays this
@@ -55,7 +50,7 @@ wait $!
 
 
 class ContainerError(RuntimeError):
-    """The image's process could not be started, or did not become healthy."""
+    """The image cannot be run as its config says (user, command)."""
 
 
 def _ids(rootfs: Path, user: str) -> tuple[int, int]:
@@ -138,52 +133,32 @@ class Container:
         return Server(self, log_path)
 
 
-class Server:
-    """The image's server, started on entering and stopped (SIGTERM, as Knative does) on leaving.
-
-    `healthz_seconds` runs from the start of the process to the first 200 from /healthz;
-    `pid` is the app's main process (the CMD), whose tree `memory_mb` and `cpu_seconds` add up.
-    """
+class Server(procs.Server):
+    """The image's CMD on a free loopback port (PORT), started and timed like `procs.Server`'s
+    instance (`healthz_seconds`: process start to the first 200 from /healthz), stopped on
+    leaving with SIGTERM to the app, as Knative does. `pid` is the app's main process (the
+    CMD), whose tree `memory_mb` and `uids` read."""
 
     def __init__(self, container: Container, log_path: Path):
-        self.port = procs.free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        super().__init__({}, log_path)
         self._command = container.command(env={"PORT": str(self.port)})
-        self._log_path = log_path
-        self.started = 0.0
-        self.healthz_seconds = 0.0
-        self.pid = 0
+        self._app = 0
 
-    def __enter__(self) -> "Server":
-        self._log = open(self._log_path, "w")
-        self.started = time.perf_counter()
-        self._process = subprocess.Popen(self._command, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            self.healthz_seconds = self._wait_healthy()
-            (init,) = _children(self._process.pid)  # PID 1 of the namespace: the setup shell
-            (self.pid,) = _children(init)  # by now its only child: the app
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+    def _popen(self, log) -> subprocess.Popen:
+        return subprocess.Popen(self._command, stdout=log, stderr=subprocess.STDOUT)
 
     def _wait_healthy(self) -> float:
-        deadline = self.started + START_SECONDS
-        with requests.Session() as session:
-            while time.perf_counter() < deadline:
-                if self._process.poll() is not None:
-                    raise ContainerError(f"the image's server exited ({self._process.returncode}): "
-                                         f"{self._log_path.read_text()[-3000:]}")
-                try:
-                    if session.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                        return time.perf_counter() - self.started
-                except requests.ConnectionError:
-                    pass
-                time.sleep(HEALTH_POLL_SECONDS)
-        raise ContainerError(f"the image's server did not answer /healthz within {START_SECONDS:g} s")
+        seconds = super()._wait_healthy()
+        (init,) = _children(self._process.pid)  # PID 1 of the namespace: the setup shell
+        (self._app,) = _children(init)  # by now its only child: the app
+        return seconds
+
+    @property
+    def pid(self) -> int:
+        return self._app
 
     def processes(self) -> list[int]:
-        return tree(self.pid) if self.pid else []
+        return tree(self._app) if self._app else []
 
     def memory_mb(self, field: str = "VmHWM") -> float:
         """`field` summed over the app's processes: VmHWM is each one's peak resident set, so
@@ -195,19 +170,15 @@ class Server:
         """Real, effective, saved and filesystem uids of every process of the app."""
         return {int(uid) for pid in self.processes() for uid in _status(pid).get("Uid", "").split()}
 
-    def cpu_seconds(self) -> float:
-        return procs.tree_cpu_seconds(self.pid)
-
     def __exit__(self, *exc) -> None:
         if self._process.poll() is None:
             try:
-                if not self.pid:
+                if not self._app:
                     raise subprocess.TimeoutExpired(self._command, 0)  # nothing to stop gently
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGTERM)
+                    os.kill(self._app, signal.SIGTERM)
                 self._process.wait(STOP_SECONDS)
             except subprocess.TimeoutExpired:
                 self._process.kill()  # unshare --kill-child: the namespace goes with it
                 self._process.wait()
         self._log.close()
-

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = measure(args.image, env, plan, starts, args.latency, args.corpus_cache,
                          log=lambda message: print(message, file=sys.stderr, flush=True))
-    except (store.StoreError, container.ContainerError) as exc:
+    except RuntimeError as exc:  # buildah failed, or the image did not start or answer
         print(f"image-report: {exc}", file=sys.stderr)
         return 1
     print(table(result))

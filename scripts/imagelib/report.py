@@ -73,7 +73,8 @@ def first_answer(server: container.Server, url: str) -> float:
     response = requests.post(server.base + "/", json={"urls": [url]}, timeout=sweep.REQUEST_TIMEOUT)
     result = response.json()["results"][0] if response.status_code == 200 else response.text[:300]
     if "predictions" not in result:
-        raise container.ContainerError(f"the first request did not classify {url}: {result}")
+        raise container.ContainerError(f"the first request did not classify {url}: {result} (the labels are read "
+                                       "from the image's CLASSIFIER_LABELS_URL: does it answer here? --env changes it)")
     return time.perf_counter() - server.started
 
 
@@ -140,7 +141,7 @@ def table(result: dict, top: int = 10) -> str:
         "tensorflow importable: " + ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in result["tensorflow"].items()),
         f"start to /healthz: {spread('healthz_s')}",
         f"start to first answer (one 0.15 MB JPEG, model baked): {spread('first_answer_s')}",
-        f"peak memory under the sweep: {result['image_peak_mb']:.0f} MB (sum of the image's processes' VmHWM)",
+        f"peak RSS under the sweep: {result['image_peak_mb']:.0f} MB (the image's processes' VmHWM, summed)",
         "",
         f"largest packages (of {len(result['packages'])}):",
     ]

@@ -81,14 +81,15 @@ def test_registry_input_size_must_match_the_model(use_stand_in, stand_in, flower
     ("tensorflow", "CLASSIFIER_RUNTIME=tensorflow for model 'birds' needs TensorFlow"),
     ("litert", "converting model 'birds' (http://127.0.0.1:"),
 ], ids=["tensorflow-runtime", "unbaked-hub-model"])
-def test_without_tensorflow_a_hub_model_answers_503_naming_the_full_image(use_stand_in, monkeypatch, runtime,
-                                                                         needed_for):
+def test_without_tensorflow_a_hub_model_answers_503_naming_the_full_image(use_stand_in, monkeypatch, tmp_path,
+                                                                         runtime, needed_for):
     """As in the lean image: TensorFlow is not importable and nothing is baked in the cache."""
     from conftest import function_client
 
     for module in ("tensorflow", "tensorflow_hub", "tf_keras"):
         monkeypatch.setitem(sys.modules, module, None)  # `import` now fails as if not installed
     monkeypatch.setenv("CLASSIFIER_RUNTIME", runtime)
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "unbaked"))  # not the session's, converted by others
     client = function_client()
     for _ in range(2):  # the process keeps answering: a clear error each time, never a crash
         response = client.post("/", json={"urls": [use_stand_in.image_url("lean.png")]})

@@ -5,11 +5,15 @@ from the Hub model (which needs TensorFlow, that one time) and cached beside the
 cache, so later processes start without importing TensorFlow at all. A model that is a
 `.tflite` file already (a path, or a URL downloaded once into the cache) always runs on
 LiteRT.
+
+The lean image has no TensorFlow: there, the TensorFlow runtime and a conversion answer
+with a clear `ModelUnavailable` that points to the full image or to baking the model.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import tempfile
@@ -22,12 +26,15 @@ import numpy as np
 
 from . import labels
 from .config import ModelSpec
-from .errors import BadModel
+from .errors import BadModel, ModelUnavailable
 from .fetch import redact
 
 logger = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 [N,H,W,3] -> float32 [N,C]
+
+# What the `tensorflow` extra installs (requirements/runtime.txt); the lean image has none of it.
+TENSORFLOW_MODULES = ("tensorflow", "tensorflow_hub", "tf_keras")
 
 
 def load(spec: ModelSpec, runtime: str, cache_dir: str) -> Predict:
@@ -67,11 +74,25 @@ def tflite_path(spec: ModelSpec, cache_dir: str) -> Path:
 # --- TensorFlow ---------------------------------------------------------------
 
 
+def _import_tensorflow(name: str, needed_for: str):
+    """`tensorflow` or `tensorflow_hub`, or a ModelUnavailable saying which image has them."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO chatter, before import
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name not in TENSORFLOW_MODULES:
+            raise
+        raise ModelUnavailable(
+            f"{needed_for} needs TensorFlow, which is not installed here (the lean image serves "
+            "the .tflite models baked at build time only): use the full image "
+            "(scripts/build-image IMAGE --target full), or bake the model into the lean image "
+            "with the build args CLASSIFIER_MODEL_URL / CLASSIFIER_MODELS"
+        ) from exc
+
+
 def _load_hub(spec: ModelSpec):
     """A TF1 Hub module and its `default` signature, checked against what we feed it."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO chatter, before import
-    import tensorflow_hub as hub
-
+    hub = _import_tensorflow("tensorflow_hub", f"CLASSIFIER_RUNTIME=tensorflow for model {spec.name!r}")
     module = hub.load(spec.url)
     signatures = getattr(module, "signatures", {})
     if "default" not in signatures:
@@ -91,7 +112,7 @@ def _load_hub(spec: ModelSpec):
 
 
 def _tensorflow_predict(module, signature) -> Predict:
-    import tensorflow as tf
+    import tensorflow as tf  # present: _load_hub has loaded the module with it
 
     def predict(batch: np.ndarray) -> np.ndarray:
         return signature(images=tf.constant(batch))["default"].numpy()
@@ -105,8 +126,7 @@ def _tensorflow_predict(module, signature) -> Predict:
 
 def _convert_to_tflite(spec: ModelSpec, path: Path) -> None:
     """Convert the Hub model once; written atomically so concurrent processes agree."""
-    import tensorflow as tf
-
+    tf = _import_tensorflow("tensorflow", f"converting model {spec.name!r} ({redact(spec.url)}) to .tflite")
     logger.info("converting %s to %s for the litert runtime", redact(spec.url), path)
     module, signature = _load_hub(spec)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([signature], module)

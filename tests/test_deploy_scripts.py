@@ -43,8 +43,8 @@ class Tools:
     def calls(self) -> list[str]:
         return self.log.read_text().splitlines() if self.log.exists() else []
 
-    def run(self, script: Path, *args: str) -> subprocess.CompletedProcess:
-        env = {"PATH": str(self.bin), "HOME": str(self.bin.parent)}
+    def run(self, script: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        env = {"PATH": str(self.bin), "HOME": str(self.bin.parent), **(env or {})}
         return subprocess.run([script, *args], env=env, capture_output=True, text=True)
 
 
@@ -150,39 +150,95 @@ def test_kubectl_render_sets_the_image_offline(tmp_path):
 
 # --- scripts/build-image -----------------------------------------------------------------
 
-@pytest.mark.parametrize(("flags", "build_arg", "pushed"), [
-    ([], "PRELOAD_MODEL=0", False),
-    (["--preload"], "PRELOAD_MODEL=1", False),
-    (["--push", "--preload"], "PRELOAD_MODEL=1", True),
-])
-def test_build_image_builds_from_the_repository_and_pushes_on_request(tools, flags, build_arg, pushed):
+def docker_build(*options: str) -> str:
+    return f"docker build {' '.join(options)} --tag reg.example/birds:1 {ROOT}"
+
+
+@pytest.mark.parametrize(("flags", "options", "pushed"), [
+    ([], ["--target lean", "--build-arg PRELOAD_MODEL=1"], False),
+    (["--preload"], ["--target lean", "--build-arg PRELOAD_MODEL=1"], False),
+    (["--target", "full"], ["--target full", "--build-arg PRELOAD_MODEL=0"], False),
+    (["--target=full", "--preload", "--push"], ["--target full", "--build-arg PRELOAD_MODEL=1"], True),
+], ids=["lean", "lean-preload", "full", "full-preload-push"])
+def test_build_image_builds_the_target_with_docker_and_pushes_on_request(tools, flags, options, pushed):
     tools.stub("docker")
     ran = tools.run(BUILD, "reg.example/birds:1", *flags)
     assert ran.returncode == 0, ran.stderr
-    expected = ["docker info", f"docker build --build-arg {build_arg} --tag reg.example/birds:1 {ROOT}"]
+    expected = ["docker info", docker_build(*options)]
     assert tools.calls() == expected + (["docker push reg.example/birds:1"] if pushed else [])
 
 
-def test_build_image_falls_back_to_podman(tools):
-    tools.stub("podman")
-    ran = tools.run(BUILD, "reg.example/birds:1")
+def test_build_image_passes_build_args_through_after_its_own(tools):
+    tools.stub("docker")
+    ran = tools.run(BUILD, "reg.example/birds:1", "--build-arg", "PYTHON_IMAGE=local/py:3.11",
+                    "--build-arg=CLASSIFIER_MODELS={\"a\": 1}", "--build-arg", "PRELOAD_MODEL=0")
     assert ran.returncode == 0, ran.stderr
-    assert tools.calls()[1].startswith("podman build ")
+    assert tools.calls()[1] == docker_build(
+        "--target lean", "--build-arg PRELOAD_MODEL=1", "--build-arg PYTHON_IMAGE=local/py:3.11",
+        '--build-arg CLASSIFIER_MODELS={"a": 1}', "--build-arg PRELOAD_MODEL=0")
+
+
+def test_build_image_hands_pip_cert_to_the_build_as_a_secret(tools):
+    tools.stub("docker")
+    bundle = tools.bin.parent / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    ran = tools.run(BUILD, "reg.example/birds:1", env={"PIP_CERT": str(bundle)})
+    assert ran.returncode == 0, ran.stderr
+    assert tools.calls()[1] == docker_build("--target lean", "--build-arg PRELOAD_MODEL=1",
+                                            f"--secret id=ca-bundle,src={bundle}")
+    missing = tools.run(BUILD, "reg.example/birds:1", env={"PIP_CERT": "/nonexistent/ca.pem"})
+    assert missing.returncode == 1 and "PIP_CERT=/nonexistent/ca.pem is not a file" in missing.stderr
+
+
+@pytest.mark.parametrize(("installed", "env", "engine", "isolation"), [
+    (("docker", "buildah", "podman"), {}, "buildah", "chroot"),  # a docker client without a daemon
+    (("buildah",), {"BUILDAH_ISOLATION": "oci"}, "buildah", "oci"),
+    (("podman",), {}, "podman", "chroot"),
+], ids=["no-daemon-buildah", "buildah-isolation", "podman"])
+def test_build_image_without_a_docker_daemon_builds_with_buildah_or_podman(tools, installed, env, engine,
+                                                                           isolation):
+    for tool in installed:
+        tools.stub(tool, "exit 1" if tool == "docker" else "")
+    ran = tools.run(BUILD, "reg.example/birds:1", "--push", env=env)
+    assert ran.returncode == 0, ran.stderr
+    build = (f"{engine} build --layers --isolation {isolation} --target lean --build-arg PRELOAD_MODEL=1 "
+             f"--tag reg.example/birds:1 {ROOT}")
+    assert tools.calls() == (["docker info"] if "docker" in installed else []) + [
+        build, f"{engine} push reg.example/birds:1"]
+
+
+def test_build_image_engine_forces_one(tools):
+    tools.stub("docker")
+    tools.stub("podman")
+    ran = tools.run(BUILD, "reg.example/birds:1", env={"ENGINE": "podman"})
+    assert ran.returncode == 0, ran.stderr
+    assert tools.calls()[0].startswith("podman build ")
 
 
 def test_build_image_without_an_engine_fails_clearly(tools):
     ran = tools.run(BUILD, "reg.example/birds:1")
-    assert ran.returncode == 1 and "no container engine" in ran.stderr
+    assert ran.returncode == 1 and "no container engine: start a docker daemon, or install buildah or podman" in ran.stderr
 
 
-def test_build_image_with_a_client_but_no_daemon_fails_clearly(tools):
+@pytest.mark.parametrize(("env", "message"), [
+    ({"ENGINE": "docker"}, "docker is installed but its daemon is not reachable"),
+    ({"ENGINE": "nerdctl"}, "ENGINE=nerdctl is not installed"),
+])
+def test_build_image_forced_engine_that_cannot_build_fails_clearly(tools, env, message):
     tools.stub("docker", "exit 1")
-    ran = tools.run(BUILD, "reg.example/birds:1")
-    assert ran.returncode == 1 and "docker is installed but its engine is not reachable" in ran.stderr
-    assert tools.calls() == ["docker info"]
+    tools.stub("buildah")
+    ran = tools.run(BUILD, "reg.example/birds:1", env=env)
+    assert ran.returncode == 1 and message in ran.stderr
+    assert not [call for call in tools.calls() if " build " in f" {call} "]
 
 
-@pytest.mark.parametrize("args", [[], ["--push"], ["a", "b"], ["img", "--force"]])
+@pytest.mark.parametrize("args", [[], ["--push"], ["a", "b"], ["img", "--force"], ["img", "--target"],
+                                  ["img", "--build-arg"]])
 def test_build_image_usage_errors(tools, args):
     ran = tools.run(BUILD, *args)
     assert ran.returncode == 2 and "usage:" in ran.stderr
+
+
+def test_build_image_knows_only_the_dockerfiles_targets(tools):
+    ran = tools.run(BUILD, "img", "--target", "slim")
+    assert ran.returncode == 2 and "--target must be lean or full, got 'slim'" in ran.stderr

@@ -1,8 +1,8 @@
-"""The image build outside Docker: Dockerfile shape, .dockerignore, scripts/image/ steps.
+"""The image build outside a container engine: Dockerfile shape, .dockerignore, scripts/image/ steps.
 
-No Docker engine here, so the build steps run in a temporary directory instead, on tiny
-offline stand-ins (a pinned wheel, a PEP 517 project), never on TensorFlow. The real
-`classify --preload` against the app is covered by the app's own tests.
+The build steps run in a temporary directory instead, on tiny offline stand-ins (a pinned
+wheel, a PEP 517 project), never on TensorFlow. The real `classify --preload` against the
+app is covered by tests/test_preload.py, the whole lean build by tests/test_image_build.py.
 """
 
 from __future__ import annotations
@@ -10,84 +10,135 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import textwrap
-import zipfile
 from pathlib import Path
 
 import pytest
 
+from function.config import DEFAULT_LABELS_URL, DEFAULT_MODEL_URL
+from imagelib import dockerfile
+
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "scripts" / "image" / "install"
 PRELOAD = ROOT / "scripts" / "image" / "preload"
+TFLITE_ONLY = ROOT / "scripts" / "image" / "tflite-only"
+DEBIAN_BASE = ROOT / "scripts" / "image" / "debian-base"
 SERVER_COMMAND = ["functions-framework", "--target", "classify", "--source", "function/main.py"]
+TENSORFLOW_PINS = ("tensorflow", "tensorflow-cpu", "tensorflow-hub", "tf-keras")
+
+DOCKERFILE = dockerfile.parse()
 
 
-def dockerfile_stages() -> list[list[tuple[str, str]]]:
-    """The Dockerfile as stages of (INSTRUCTION, arguments), continuation lines joined."""
-    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
-    stages: list[list[tuple[str, str]]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        instruction, _, args = line.partition(" ")
-        if instruction.upper() == "FROM":
-            stages.append([])
-        if stages:
-            stages[-1].append((instruction.upper(), args.strip()))
-    return stages
+def installs(target: str, path: str) -> list[str]:
+    """What `scripts/image/install` puts into the venv at `path` that `target` copies in."""
+    (source,) = [args.split()[0].removeprefix("--from=") for args in DOCKERFILE.stages[target].args("COPY")
+                 if args.endswith(f" {path} {path}")]
+    return [re.sub(r"^.*scripts/image/install \S+ ", "", run)
+            for stage in DOCKERFILE.chain(source) for run in stage.args("RUN") if "scripts/image/install" in run]
 
 
-def final_stage() -> list[tuple[str, str]]:
-    return dockerfile_stages()[-1]
+def pins(lock: str) -> set[str]:
+    """Distribution names pinned by a lock, following its `-r` includes."""
+    names = set()
+    for line in (ROOT / "requirements" / lock).read_text().splitlines():
+        if line.startswith("-r "):
+            names |= pins(line[3:].strip())
+        elif "==" in line:
+            names.add(line.split("==")[0].lower().replace("_", "-"))
+    return names
 
 
-def test_two_stages_on_python_311_slim():
-    stages = dockerfile_stages()
-    assert len(stages) == 2
-    text = (ROOT / "Dockerfile").read_text()
-    assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
-    assert [args for instruction, args in (s[0] for s in stages)] == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE}"]
+def test_stages_lean_last_so_it_is_the_default_target():
+    assert list(DOCKERFILE.stages) == ["serving-deps", "tensorflow-deps", "serving", "tensorflow", "models",
+                                       "app", "full", "lean"]
+    assert DOCKERFILE.global_args["PYTHON_IMAGE"] == "python:3.11-slim"
+    assert {name for name, stage in DOCKERFILE.stages.items() if stage.base == "${PYTHON_IMAGE}"} == {
+        "serving-deps", "app"}
 
 
-def test_final_stage_runs_functions_framework_as_cmd_and_non_root():
-    instructions = dict(final_stage())
-    assert "ENTRYPOINT" not in instructions, "CMD only, so `docker run IMAGE classify ...` works"
-    assert json.loads(instructions["CMD"]) == SERVER_COMMAND
-    assert instructions["USER"] not in ("0", "root")
-    assert instructions["WORKDIR"] == "/app"
+def test_the_lean_venv_holds_the_serving_lock_and_no_tensorflow():
+    assert installs("lean", "/opt/venv") == ["-r requirements/serving.txt", "."]
+    assert not pins("serving.txt") & set(TENSORFLOW_PINS)
 
 
-def test_final_stage_copies_only_venv_models_and_app():
-    copies = [args for instruction, args in final_stage() if instruction == "COPY"]
-    assert copies == [
-        "--from=builder /opt/venv /opt/venv",
-        "--from=builder --chown=10001:10001 /models /models",
-        "function/ function/",
-    ]
+def test_the_full_venv_adds_tensorflow():
+    assert installs("full", "/opt/venv") == ["-r requirements/serving.txt", "-r requirements/runtime.txt", "."]
+    assert {"tensorflow-cpu", "tensorflow-hub", "tf-keras"} <= pins("runtime.txt")
+
+
+def test_the_models_are_baked_by_the_apps_preload_and_the_lean_image_gets_only_tflite():
+    models = DOCKERFILE.stages["models"]
+    assert models.base == "tensorflow", "the conversion needs TensorFlow"
+    assert "PRELOAD_MODEL=1" in models.args("ARG"), "baked unless asked otherwise"
+    preload, tflite_only = models.args("RUN")
+    assert preload.endswith('scripts/image/preload /opt/venv "$PRELOAD_MODEL"')
+    assert "TFHUB_CACHE_DIR=/models/tfhub" in preload
+    assert tflite_only == "scripts/image/tflite-only /models/tfhub /lean-models/tfhub"
+    assert DOCKERFILE.stages["lean"].args("COPY")[-1] == "--from=models --chown=10001:10001 /lean-models /models"
+    assert DOCKERFILE.stages["full"].args("COPY")[-1] == "--from=models --chown=10001:10001 /models /models"
+
+
+def test_the_model_build_args_default_to_the_birds_and_become_the_images_env():
+    assert DOCKERFILE.global_args["CLASSIFIER_MODEL_URL"] == DEFAULT_MODEL_URL
+    assert DOCKERFILE.global_args["CLASSIFIER_LABELS_URL"] == DEFAULT_LABELS_URL
+    assert DOCKERFILE.global_args["CLASSIFIER_MODELS"] == ""
+    names = ("CLASSIFIER_MODEL_URL", "CLASSIFIER_LABELS_URL", "CLASSIFIER_MODELS")
+    for stage in ("models", "app"):  # each stage that uses them declares them (ARG scope)
+        assert set(names) <= set(DOCKERFILE.stages[stage].args("ARG"))
+    for target in ("lean", "full"):
+        env = DOCKERFILE.env(target)
+        assert {name: env[name] for name in names} == {name: f"${{{name}}}" for name in names}
+    app = [name for name, _ in DOCKERFILE.stages["app"].instructions]
+    assert "RUN" in app[app.index("ENV", app.index("ARG")):], (
+        "a RUN must follow the ENV of the build args, or buildah's cache ships a stale value")
+
+
+def test_both_targets_run_functions_framework_as_cmd_and_non_root():
+    for target in ("lean", "full"):
+        chain = DOCKERFILE.chain(target)
+        instructions = {name for stage in chain for name, _ in stage.instructions}
+        assert "ENTRYPOINT" not in instructions, "CMD only, so `docker run IMAGE classify ...` works"
+        assert json.loads(chain[-2].args("CMD")[-1]) == SERVER_COMMAND
+        assert chain[-2].args("USER")[-1] not in ("0", "root")
+        assert chain[-2].args("WORKDIR")[-1] == "/app"
+
+
+def test_both_targets_copy_only_a_venv_the_models_and_the_app():
+    assert DOCKERFILE.stages["app"].args("COPY") == ["function/ function/"]
+    assert DOCKERFILE.stages["lean"].args("COPY")[0] == "--from=serving /opt/venv /opt/venv"
+    assert DOCKERFILE.stages["full"].args("COPY")[0] == "--from=tensorflow /opt/venv /opt/venv"
+    assert len(DOCKERFILE.stages["lean"].args("COPY")) == len(DOCKERFILE.stages["full"].args("COPY")) == 2
 
 
 def test_final_env_sets_the_server_contract():
-    env = dict(
-        word.split("=", 1)
-        for instruction, args in final_stage() if instruction == "ENV"
-        for word in shlex.split(args)
-    )
+    env = DOCKERFILE.env("lean")
+    assert env == DOCKERFILE.env("full")
     assert env["WORKERS"] == "1"
     assert env["TFHUB_CACHE_DIR"] == "/models/tfhub"
     assert env["PATH"].startswith("/opt/venv/bin:")
+    assert env["XDG_RUNTIME_DIR"] == "/tmp", "gunicorn's control socket on the emptyDir, not the read-only root"
     assert int(env["PORT"]) > 0 and int(env["THREADS"]) > 0 and int(env["CLOUD_RUN_TIMEOUT_SECONDS"]) > 0
 
 
 def test_build_steps_are_the_tested_scripts():
-    runs = [args for stage in dockerfile_stages() for instruction, args in stage if instruction == "RUN"]
-    scripts = {re.search(r"scripts/image/\w+", run).group(0) for run in runs if "scripts/image/" in run}
-    assert scripts == {"scripts/image/install", "scripts/image/preload"}
+    runs = [run for stage in DOCKERFILE.stages.values() for run in stage.args("RUN")]
+    scripts = {re.search(r"scripts/image/[\w-]+", run).group(0) for run in runs if "scripts/image/" in run}
+    assert scripts == {"scripts/image/install", "scripts/image/preload", "scripts/image/tflite-only"}
     for script in scripts:
         assert os.access(ROOT / script, os.X_OK), f"{script} is not executable"
+
+
+def test_downloads_may_trust_a_ca_bundle_given_as_a_secret_never_stored():
+    runs = [run for stage in DOCKERFILE.stages.values() for run in stage.args("RUN")]
+    for run in runs:
+        if "scripts/image/install" in run or "scripts/image/preload" in run:
+            assert run.startswith("--mount=type=secret,id=ca-bundle "), run
+    for script in (INSTALL, PRELOAD):
+        assert "/run/secrets/ca-bundle" in script.read_text()
+    copied = [args for stage in DOCKERFILE.stages.values() for args in stage.args("COPY")]
+    assert not [args for args in copied if "cert" in args or "secret" in args]
 
 
 def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies():
@@ -99,10 +150,10 @@ def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies():
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     sources = {
         source.rstrip("/")
-        for stage in dockerfile_stages()
-        for instruction, args in stage if instruction == "COPY" and "--from=" not in args
+        for stage in DOCKERFILE.stages.values()
+        for args in stage.args("COPY") if "--from=" not in args
         for source in args.split()[:-1]
-    } | {"pyproject.toml"}  # read by `install /opt/venv .`
+    }
     assert sources == allowed
 
 
@@ -268,3 +319,50 @@ def test_preload_failures_stop_the_build(fake_venv, tmp_path, flag, creates, sta
     ran = preload(fake_venv(creates=creates, status=status), flag, tmp_path / "cache" if cache else None)
     assert ran.returncode == code
     assert message in ran.stderr
+
+
+# --- scripts/image/tflite-only ---------------------------------------------------------
+
+def test_tflite_only_copies_the_top_level_tflite_files_alone(tmp_path):
+    cache = tmp_path / "tfhub"
+    (cache / "0123abcd").mkdir(parents=True)  # a TF Hub download, as the conversion leaves it
+    (cache / "0123abcd" / "saved_model.pb").write_bytes(b"module")
+    (cache / "0123abcd.descriptor.txt").write_text("Module: http://127.0.0.1/m.tar.gz\n")
+    (cache / "7c78.tflite").write_bytes(b"birds")
+    (cache / "9f00.tflite").write_bytes(b"flowers")
+    (cache / "0123abcd" / "nested.tflite").write_bytes(b"not the app's")
+    ran = subprocess.run([TFLITE_ONLY, cache, tmp_path / "lean" / "tfhub"], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    copied = {p.name: p.read_bytes() for p in (tmp_path / "lean" / "tfhub").iterdir()}
+    assert copied == {"7c78.tflite": b"birds", "9f00.tflite": b"flowers"}
+    assert "2 .tflite file(s)" in ran.stdout
+
+
+def test_tflite_only_makes_an_empty_model_dir_when_nothing_was_baked(tmp_path):
+    (tmp_path / "tfhub").mkdir()
+    ran = subprocess.run([TFLITE_ONLY, tmp_path / "tfhub", tmp_path / "out"], capture_output=True, text=True)
+    assert ran.returncode == 0 and (tmp_path / "out").is_dir() and not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["only-one"], 2, "usage:"),
+    (["/nonexistent/cache", "/tmp/unused"], 1, "/nonexistent/cache is not a directory"),
+])
+def test_tflite_only_usage_and_missing_cache(args, code, message):
+    ran = subprocess.run([TFLITE_ONLY, *args], capture_output=True, text=True)
+    assert ran.returncode == code and message in ran.stderr
+
+
+# --- scripts/image/debian-base ---------------------------------------------------------
+
+def test_debian_base_names_the_missing_tool(tmp_path):
+    """The base itself is made by tests/test_image_build.py; here, a machine without the tools."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "sha256sum", "cut", "printf"):
+        found = subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
+        if found.startswith("/"):
+            (bin_dir / tool).symlink_to(found)
+    ran = subprocess.run([DEBIAN_BASE], env={"PATH": str(bin_dir)}, capture_output=True, text=True)
+    assert ran.returncode == 1
+    assert "debootstrap not found; on Debian: apt-get install -y debootstrap buildah" in ran.stderr

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import runpy
-import shlex
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from function.config import load_settings
+from imagelib import dockerfile
 
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "knative" / "schemas"
@@ -51,14 +51,8 @@ def load(name: str) -> list[dict]:
 
 
 def image_env() -> dict[str, str]:
-    """ENV of the Dockerfile's final stage: the server settings the manifests must match."""
-    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
-    final = text.split("\nFROM ")[-1]
-    return dict(
-        word.split("=", 1)
-        for line in final.splitlines() if line.startswith("ENV ")
-        for word in shlex.split(line[4:])
-    )
+    """ENV of the image's default target: the server settings the manifests must match."""
+    return dockerfile.parse().env("lean")
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +176,22 @@ def _old_api_version(docs):
     docs[0]["apiVersion"] = "serving.knative.dev/v1beta1"
 
 
+def _pod_level_only_security_field(docs):
+    _container(docs)["securityContext"]["fsGroup"] = 10001  # a PodSecurityContext field
+
+
+def _mount_on_dev(docs):
+    _container(docs)["volumeMounts"][0]["mountPath"] = "/dev"
+
+
+def _unmounted_volume(docs):
+    docs[0]["spec"]["template"]["spec"]["volumes"].append({"name": "scratch", "emptyDir": {}})
+
+
+def _drop_run_as_non_root(docs):
+    del _container(docs)["securityContext"]["runAsNonRoot"]
+
+
 def _misspell_trigger_subscriber(docs):
     docs[0]["spec"]["subscriber"]["refs"] = docs[0]["spec"]["subscriber"].pop("ref")
 
@@ -203,6 +213,10 @@ BREAKAGES = [
     ("service.yaml", _annotate_service_not_revision, "belong on spec.template.metadata"),
     ("service.yaml", _pin_namespace, "metadata.namespace: leave it out"),
     ("service.yaml", _old_api_version, "no CRD for serving.knative.dev/v1beta1 Service"),
+    ("service.yaml", _pod_level_only_security_field, "securityContext.fsGroup: unknown field"),
+    ("service.yaml", _mount_on_dev, "mountPath '/dev' is reserved by Knative"),
+    ("service.yaml", _unmounted_volume, "'scratch' is not mounted by any container"),
+    ("service.yaml", _drop_run_as_non_root, "securityContext.runAsNonRoot: required"),
     ("broker.yaml", _add_configmap, "no CRD for v1 ConfigMap"),
     ("trigger-storage.yaml", _misspell_trigger_subscriber, "spec.subscriber.refs: unknown field"),
 ]
@@ -296,6 +310,47 @@ def test_resources_request_and_limit_cpu_and_memory(container):
         assert 0 < _quantity(resources["requests"][kind]) <= _quantity(resources["limits"][kind])
 
 
+def test_security_context_runs_the_images_user_and_nothing_more(container):
+    user = dockerfile.parse().stages["app"].args("USER")[-1]
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": int(user),
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def test_the_read_only_root_gets_a_writable_tmp_where_the_image_writes(revision, container):
+    (mount,) = container["volumeMounts"]
+    (volume,) = revision["spec"]["volumes"]
+    assert mount == {"name": volume["name"], "mountPath": "/tmp"} and "emptyDir" in volume
+    assert image_env()["XDG_RUNTIME_DIR"] == mount["mountPath"], "gunicorn's control socket goes there"
+
+
+def test_env_names_the_baked_model_explicitly(container):
+    env = {item["name"]: item["value"] for item in container["env"]}
+    defaults = dockerfile.parse().global_args  # the build args the image is baked with by default
+    for name in ("CLASSIFIER_MODEL_URL", "CLASSIFIER_LABELS_URL"):
+        assert env[name] == defaults[name]
+
+
+def test_third_party_images_are_pinned_by_digest_or_say_why():
+    for path in sorted((ROOT / "knative").glob("*.yaml")):
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines):
+            image = line.strip().removeprefix("image:").strip() if line.strip().startswith("image:") else None
+            if image is None or image == "bird-classifier:dev":  # ours: scripts/deploy substitutes it
+                continue
+            above = number
+            while above > 0 and lines[above - 1].strip().startswith("#"):
+                above -= 1  # the comment right above the image line
+            reason = "Not pinned:" in "\n".join(lines[above:number])
+            assert re.search(r"@sha256:[0-9a-f]{64}$", image) or reason, (
+                f"{path.name}:{number + 1}: {image} is neither pinned by digest nor says why")
+
+
 def test_no_private_url_switch_in_any_manifest():
     text = "".join(p.read_text() for p in (ROOT / "knative").glob("*.yaml")) + (ROOT / "func.yaml").read_text()
     assert "CLASSIFIER_ALLOW_PRIVATE_URLS" not in text
@@ -328,7 +383,7 @@ def test_replies_go_to_event_display():
     trigger, display = load("trigger-classified.yaml")
     assert trigger["spec"]["filter"]["attributes"] == {"type": "io.birdclassifier.classified"}
     assert trigger["spec"]["subscriber"]["ref"]["name"] == display["metadata"]["name"]
-    assert _container([display])["image"] == "gcr.io/knative-releases/knative.dev/eventing/cmd/event_display"
+    assert _container([display])["image"].startswith("gcr.io/knative-releases/knative.dev/eventing/cmd/event_display@sha256:")
 
 
 def test_minio_adapter_is_bound_to_the_broker():
@@ -357,6 +412,8 @@ def test_func_yaml_deploys_like_the_manifest(revision, container):
     assert {k: v for k, v in resources["limits"].items() if k != "concurrency"} == container["resources"]["limits"]
     assert resources["limits"]["concurrency"] == revision["spec"]["containerConcurrency"]
     assert func["run"]["envs"] == container["env"]
+    assert func["run"]["volumes"] == [{"path": m["mountPath"], "emptyDir": {"sizeLimit": v["emptyDir"]["sizeLimit"]}}
+                                      for m, v in zip(container["volumeMounts"], revision["spec"]["volumes"])]
     assert set(func["deploy"]["healthEndpoints"].values()) == {container["readinessProbe"]["httpGet"]["path"]}
     assert [s["filters"]["type"] for s in func["deploy"]["subscriptions"]] == [
         t["spec"]["filter"]["attributes"]["type"] for t in load("trigger-storage.yaml")]

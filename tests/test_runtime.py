@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,29 @@ def test_registry_input_size_must_match_the_model(use_stand_in, stand_in, flower
     monkeypatch.setenv("CLASSIFIER_MODELS", flowers.registry(input_size=224))
     with pytest.raises(BadModel, match=r"\[N,224,224,3\]"):
         Classifier(load_settings()).classify_urls([stand_in.image_url("flower-size.png")], model="flowers")
+
+
+# --- without TensorFlow (the lean image) ------------------------------------------------
+
+@pytest.mark.parametrize(("runtime", "needed_for"), [
+    ("tensorflow", "CLASSIFIER_RUNTIME=tensorflow for model 'birds' needs TensorFlow"),
+    ("litert", "converting model 'birds' (http://127.0.0.1:"),
+], ids=["tensorflow-runtime", "unbaked-hub-model"])
+def test_without_tensorflow_a_hub_model_answers_503_naming_the_full_image(use_stand_in, monkeypatch, tmp_path,
+                                                                         runtime, needed_for):
+    """As in the lean image: TensorFlow is not importable and nothing is baked in the cache."""
+    from conftest import function_client
+
+    for module in ("tensorflow", "tensorflow_hub", "tf_keras"):
+        monkeypatch.setitem(sys.modules, module, None)  # `import` now fails as if not installed
+    monkeypatch.setenv("CLASSIFIER_RUNTIME", runtime)
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "unbaked"))  # not the session's, converted by others
+    client = function_client()
+    for _ in range(2):  # the process keeps answering: a clear error each time, never a crash
+        response = client.post("/", json={"urls": [use_stand_in.image_url("lean.png")]})
+        assert response.status_code == 503 and "Retry-After" in response.headers
+        error = response.get_json()["error"]
+        assert error["code"] == "model_unavailable"
+        assert needed_for in error["message"]
+        assert "use the full image (scripts/build-image IMAGE --target full)" in error["message"]
+    assert client.get("/healthz").status_code == 200

@@ -127,20 +127,25 @@ class Server:
     def __init__(self, env: Mapping[str, str], log_path: Path):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self._env = {**dockerfile_env(self.SERVER_ENV), **env, "PORT": str(self.port)}
+        self._env = env
         self._log_path = log_path
         self.started = 0.0
         self.healthz_seconds = 0.0
         self.peak_rss_mb = 0.0
 
+    def _popen(self, log) -> subprocess.Popen:
+        """The server process, writing to `log` (imagelib.container starts an image's instead)."""
+        env = {**dockerfile_env(self.SERVER_ENV), **self._env, "PORT": str(self.port)}
+        return subprocess.Popen(
+            [sys.executable, "-m", "functions_framework", "--target", "classify",
+             "--source", "function/main.py", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env=python_env(env), stdout=log, stderr=subprocess.STDOUT,
+        )
+
     def __enter__(self) -> "Server":
         self._log = open(self._log_path, "w")
         self.started = time.perf_counter()
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", "classify",
-             "--source", "function/main.py", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=python_env(self._env), stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        self._process = self._popen(self._log)
         try:
             self.healthz_seconds = self._wait_healthy()
         except BaseException:

@@ -96,7 +96,7 @@ def parse_event(headers: Headers, body: bytes) -> CloudEvent:
     """A CloudEvent 1.0 with non-empty id, source and type, or a BadRequest."""
     try:
         event = from_http(headers, body)
-    except (GenericException, ValueError, TypeError) as exc:  # the SDK lets decode errors through
+    except (GenericException, ValueError, TypeError, RecursionError) as exc:  # the SDK lets decode errors through
         raise BadRequest(
             f"not a valid CloudEvent ({exc}): binary mode needs ce-specversion: 1.0, ce-id, ce-source "
             "and ce-type headers; structured mode a JSON body with those attributes"

@@ -23,7 +23,7 @@ import numpy as np
 from . import labels
 from .config import ModelSpec
 from .errors import BadModel
-from .fetch import redact
+from .redaction import redact
 
 logger = logging.getLogger(__name__)
 

@@ -37,4 +37,4 @@ COPY function/ function/
 USER 10001
 EXPOSE 8080
 # CMD, not ENTRYPOINT: `docker run IMAGE classify URL...` runs the CLI instead.
-CMD ["functions-framework", "--target", "classify", "--source", "function/main.py"]
+CMD ["python", "-m", "function.server"]

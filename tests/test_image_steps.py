@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "scripts" / "image" / "install"
 PRELOAD = ROOT / "scripts" / "image" / "preload"
-SERVER_COMMAND = ["functions-framework", "--target", "classify", "--source", "function/main.py"]
+SERVER_COMMAND = ["python", "-m", "function.server"]
 
 
 def dockerfile_stages() -> list[list[tuple[str, str]]]:
@@ -53,7 +53,7 @@ def test_two_stages_on_python_311_slim():
     assert [args for instruction, args in (s[0] for s in stages)] == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE}"]
 
 
-def test_final_stage_runs_functions_framework_as_cmd_and_non_root():
+def test_final_stage_runs_the_server_as_cmd_and_non_root():
     instructions = dict(final_stage())
     assert "ENTRYPOINT" not in instructions, "CMD only, so `docker run IMAGE classify ...` works"
     assert json.loads(instructions["CMD"]) == SERVER_COMMAND

@@ -8,6 +8,8 @@ request in its main loop instead, without blocking: a thread gets the connection
 once the whole request (line, headers and body) is in, and a request not in within the
 read deadline is answered 408 by the loop itself. Closing a connection drains what the
 client still sends in the loop too, where gthread does it on its main thread, blocking.
+`/healthz` is served by a thread of its own, so a probe never queues behind requests
+that hold every thread classifying.
 
 Framing is decided by gunicorn's own parser, run on the bytes received so far, so the
 thread that serves the request reads it exactly as the loop did. What the loop does not
@@ -26,6 +28,7 @@ import selectors
 import socket
 import threading
 import time
+from concurrent import futures
 from http import HTTPStatus
 
 from gunicorn.http.body import ChunkedReader, LengthReader
@@ -36,6 +39,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from .errors import ClassifierError, HeadersTooLarge, RequestLineTooLong, RequestTimeout
 
+PROBES = ("/healthz",)  # served by their own thread: a probe never waits behind a classification
 RECV_BYTES = 256 * 1024
 LINGER_SECONDS = 2.0  # what gunicorn's own graceful close allows a client to finish sending
 LINGER_BYTES = 64 * 1024
@@ -94,7 +98,14 @@ class ReceivingWorker(ThreadWorker):
         self.incoming: dict[object, _Incoming] = {}
         self.paused: collections.deque = collections.deque()
         self.lingering: dict[object, tuple[float, int]] = {}
+        self.probes = futures.ThreadPoolExecutor(1, thread_name_prefix="probe")
         super().init_process()
+
+    def run(self):
+        try:
+            super().run()
+        finally:
+            self.probes.shutdown(wait=False)
 
     # --- receiving -------------------------------------------------------------------
 
@@ -119,12 +130,9 @@ class ReceivingWorker(ThreadWorker):
             self.poller.register(conn.sock, selectors.EVENT_READ, functools.partial(self._receive, conn))
 
     def _receive(self, conn, _sock) -> None:
-        try:
-            data = conn.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = _recv(conn.sock, RECV_BYTES)
+        if data is None:
             return
-        except OSError:
-            data = b""
         self.poller.unregister(conn.sock)
         if not data:  # the client went away mid-request
             self._drop(conn)
@@ -203,7 +211,10 @@ class ReceivingWorker(ThreadWorker):
         conn.whole = incoming.whole
         conn.read_deadline = incoming.deadline
         conn.data_ready = True
-        super().enqueue_req(conn)
+        probe = incoming.head is not None and incoming.head.path.rstrip("/") in PROBES
+        pool = self.probes if probe else self.tpool
+        served = pool.submit(self.handle, conn)  # as gthread's enqueue_req, with the pool chosen
+        served.add_done_callback(lambda done: self.method_queue.defer(self.finish_request, conn, done))
 
     # --- serving -----------------------------------------------------------------------
 
@@ -276,12 +287,9 @@ class ReceivingWorker(ThreadWorker):
 
     def _drain(self, conn, _sock) -> None:
         until, drained = self.lingering[conn]
-        try:
-            data = conn.sock.recv(LINGER_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = _recv(conn.sock, LINGER_BYTES)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if data and drained + len(data) < LINGER_BYTES:
             self.lingering[conn] = (until, drained + len(data))
             return
@@ -328,6 +336,17 @@ class ReceivingWorker(ThreadWorker):
         for conn, (until, _) in list(self.lingering.items()):
             if until <= now:
                 self._stop_lingering(conn)
+
+
+def _recv(sock: socket.socket, size: int) -> bytes | None:
+    """What a readable non-blocking socket holds; b"" when the client closed (or the
+    connection broke), None when there is nothing after all."""
+    try:
+        return sock.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
 
 
 def _send(sock: socket.socket, data: bytes) -> None:

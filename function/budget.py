@@ -64,7 +64,7 @@ class Budget:
 
 
 class Lease:
-    """What one piece of work holds of a budget: reserved once, shrunk to what was used,
+    """What one piece of work holds of a budget: reserved whole, shrunk to what was used,
     released when the work is done. Reserving all at once (never growing bit by bit) is
     what keeps two half-done takers from waiting on each other forever."""
 
@@ -73,10 +73,9 @@ class Lease:
         self.held = 0
 
     def reserve(self, amount: int, timeout: float) -> None:
-        """Hold `amount` in all (on top of nothing: a lease reserves once); TimeoutError
-        when the budget cannot spare it within `timeout` seconds."""
-        if self.held:
-            raise RuntimeError("a lease reserves once")
+        """Hold `amount` in all, in place of what the lease held (one body at a time);
+        TimeoutError when the budget cannot spare it within `timeout` seconds."""
+        self.release()
         self.held = self.budget.take(amount, max(0.0, timeout))
 
     def shrink(self, amount: int) -> None:

@@ -101,6 +101,13 @@ def test_a_download_that_cannot_get_its_share_in_time_is_overloaded(server):
     assert fetch_within(shared, url, config) == (1000, 1000)
 
 
+def test_one_download_alone_may_go_up_to_the_image_limit_whatever_the_budget(server):
+    config = settings()
+    body = random.Random(3).randbytes(3 * MB)
+    url = server.add("/alone.jpg", body, content_type="image/jpeg")
+    assert fetch_within(Budget(1 * MB), url, config) == (len(body), 1 * MB)  # all of the budget, not more
+
+
 def test_concurrent_downloads_hold_no_more_than_the_budget_together(server):
     """24 slow 3 MB downloads, 12 at a time, against a 6 MB budget: Python's own peak
     allocation stays near the budget (without it: 12 x 3 MB, and twice that joining)."""

@@ -68,7 +68,8 @@ def pod_memory_limit(path: Path = SERVICE) -> int:
     """The classifier container's memory limit in knative/service.yaml, in bytes: the one
     source, so the run follows any change to the manifest."""
     service = yaml.safe_load(path.read_text())
-    (container,) = service["spec"]["template"]["spec"]["containers"]
+    containers = service["spec"]["template"]["spec"]["containers"]
+    container = next((c for c in containers if c.get("ports")), containers[0])  # the serving one, beside sidecars
     raw = str(container["resources"]["limits"]["memory"])
     match = QUANTITY.match(raw)
     if match is None:

@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The classifier image: functions-framework serving function/main.py:classify.
+# The classifier image: `python -m function.server` (functions-framework's app for function/main.py:classify
+# under gunicorn with our request limits, function/server.py).
 # Two targets (docs/deploy.md):
 #   lean (default, the last stage): serves the models baked at build time as .tflite on
 #       LiteRT; no TensorFlow, tf-keras or tensorflow-hub in it.
@@ -82,7 +83,7 @@ RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent app
 USER 10001
 EXPOSE 8080
 # CMD, not ENTRYPOINT: `docker run IMAGE classify URL...` runs the CLI instead.
-CMD ["functions-framework", "--target", "classify", "--source", "function/main.py"]
+CMD ["python", "-m", "function.server"]
 
 # --- full: TensorFlow inside; the model cache writable by the app user -------------------
 FROM app AS full

@@ -17,18 +17,21 @@ from collections.abc import Mapping
 from typing import Any
 
 import flask
+from werkzeug.exceptions import ClientDisconnected
 
-from . import access, events, fetch, metrics, request_context, uploads
+from . import access, events, metrics, request_context, uploads
 from .errors import (
     BadRequest,
     ClassifierError,
     MethodNotAllowed,
     ModelUnavailable,
     NotFound,
+    RequestTimeout,
     RequestTooLarge,
     Unauthenticated,
 )
 from .pipeline import Classifier
+from .redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ def parse_json_body(body: bytes, default_top_k: int) -> ClassifyRequest:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # `[[[[...` deeper than the interpreter's recursion limit
+        raise BadRequest("body is not valid JSON: nested too deeply") from None
     if not isinstance(payload, dict):
         raise BadRequest('body must be a JSON object like {"urls": ["https://..."]}')
     return ClassifyRequest(_urls(payload.get("urls")), check_top_k(payload.get("top_k", default_top_k)),
@@ -116,10 +121,20 @@ def error_response(error: ClassifierError) -> flask.Response:
 
 
 def read_body(request: flask.Request, limit: int) -> bytes:
-    """The request body, never more than `limit` bytes in memory."""
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestTooLarge(f"request body is {request.content_length} bytes, the limit is {limit}")
-    body = request.stream.read(limit + 1)
+    """The request body, never more than `limit` bytes in memory. A body that ends before
+    its length (the server cut a client that sent too slowly, or the client went away) is
+    a 408, never a truncated body taken for the whole; bad chunked framing is a 400."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise RequestTooLarge(f"request body is {declared} bytes, the limit is {limit}")
+    try:
+        body = request.stream.read(limit + 1)
+    except (ClientDisconnected, OSError):
+        raise RequestTimeout("the request body did not arrive in time") from None
+    except Exception as exc:  # noqa: BLE001 - the server's own framing errors (a bad chunk size)
+        raise BadRequest(f"the request body is malformed ({type(exc).__name__})") from None
+    if declared is not None and len(body) < declared:
+        raise RequestTimeout(f"the request body ended after {len(body)} of {declared} bytes")
     if len(body) > limit:
         raise RequestTooLarge(f"request body is larger than {limit} bytes")
     return body
@@ -237,7 +252,7 @@ class HttpApp:
 
 def _public(described: dict[str, Any]) -> dict[str, Any]:
     """A model's description for strangers: its URLs without query strings (signatures)."""
-    return {**described, "url": fetch.redact(described["url"]), "labels": fetch.redact(described["labels"])}
+    return {**described, "url": redact(described["url"]), "labels": redact(described["labels"])}
 
 
 def _path(request: flask.Request) -> str:

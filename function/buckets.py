@@ -18,6 +18,7 @@ import requests
 from . import fetch, guard
 from .config import Settings
 from .errors import BadRequest, ForbiddenUrl
+from .redaction import redact
 
 DEFAULT_TEMPLATES = {
     "gcs": "https://storage.googleapis.com/{bucket}/{name}",
@@ -119,7 +120,7 @@ class PinnedAdapter(fetch.GuardedAdapter):
 
     def send(self, request, *args, **kwargs):
         if not any(origin.admits(request.url) for origin in self.origins):
-            raise ForbiddenUrl(f"{fetch.redact(request.url)} is not on the host of the object URL template: "
+            raise ForbiddenUrl(f"{redact(request.url)} is not on the host of the object URL template: "
                                "storage objects are read from there only")
         return super().send(request, *args, **kwargs)
 

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from .redaction import scrub
+
 T = TypeVar("T")
 
 DEFAULT_MODEL_URL = "https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1"
@@ -53,6 +55,13 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _non_negative(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
 
 
 def _names(raw: str) -> frozenset[str]:
@@ -213,6 +222,15 @@ class Settings:
     model_retry_seconds: float = 5.0
     log_format: str = "text"
     log_level: str = "INFO"
+    # None: a share of the container's memory limit (see `inflight_bytes`)
+    max_inflight_bytes: int | None = None
+    request_read_deadline: float = 30.0
+    # The server's, as functions-framework reads them (function/server.py)
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    threads: int | None = None  # None: 4 per CPU core, functions-framework's default
+    timeout_seconds: int = 0  # CLOUD_RUN_TIMEOUT_SECONDS: gunicorn's worker timeout, 0 = none
     # Observability (docs/observability.md): read here, used by the libraries that own them.
     google_cloud_project: str = ""  # "": JSON logs carry no Cloud Logging trace fields
     otlp_endpoint: str = ""  # OTLP collector: traces are exported when set (otel extra)
@@ -259,11 +277,23 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CLASSIFIER_MODEL_RETRY_SECONDS": ("model_retry_seconds", _positive(float)),
     "CLASSIFIER_LOG_FORMAT": ("log_format", _choice(LOG_FORMATS)),
     "CLASSIFIER_LOG_LEVEL": ("log_level", _choice(("debug", "info", "warning", "error"))),
+    "CLASSIFIER_MAX_INFLIGHT_BYTES": ("max_inflight_bytes", _positive(int)),
+    "CLASSIFIER_REQUEST_READ_DEADLINE": ("request_read_deadline", _positive(float)),
+    "HOST": ("host", str.strip),
+    "PORT": ("port", _positive(int)),
+    "WORKERS": ("workers", _positive(int)),
+    "THREADS": ("threads", _positive(int)),
+    "CLOUD_RUN_TIMEOUT_SECONDS": ("timeout_seconds", _non_negative),
     "GOOGLE_CLOUD_PROJECT": ("google_cloud_project", str.strip),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("otlp_endpoint", str.strip),
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ("otlp_traces_endpoint", str.strip),
     "PROMETHEUS_MULTIPROC_DIR": ("metrics_dir", str.strip),
 }
+
+# Without CLASSIFIER_MAX_INFLIGHT_BYTES: this share of the container's memory limit, or
+# the fallback where there is none (a developer's machine).
+INFLIGHT_SHARE = 4
+INFLIGHT_FALLBACK_BYTES = 256 * 1024 * 1024
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -277,7 +307,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             values[field] = parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{key}={raw!r}: {exc}") from None
+            # Values can be signed URLs (CLASSIFIER_MODELS, the model's own), and parsers
+            # quote them too: every URL in the message is redacted.
+            raise ConfigError(scrub(f"{key}={raw!r}: {exc}")) from None
     if "log_level" in values:
         values["log_level"] = values["log_level"].upper()
     _check_event_auth(values)
@@ -319,6 +351,16 @@ class ModelSpec:
             "input_range": [0, int(self.input_scale) if float(self.input_scale).is_integer() else self.input_scale],
             "output": self.output,
         }
+
+
+def inflight_bytes(settings: Settings, memory_limit: int | None) -> int:
+    """The download budget: CLASSIFIER_MAX_INFLIGHT_BYTES, else a quarter of the container's
+    memory limit (the rest is the interpreter, the model, decoded pixels and the answers),
+    or 256 MiB without a limit; never less than one image may need."""
+    if settings.max_inflight_bytes:
+        return settings.max_inflight_bytes
+    share = memory_limit // INFLIGHT_SHARE if memory_limit else INFLIGHT_FALLBACK_BYTES
+    return max(share, settings.max_image_bytes)
 
 
 def default_model(settings: Settings) -> ModelSpec:

@@ -46,6 +46,29 @@ class RequestTooLarge(BadRequest):
     status = 413
 
 
+class RequestTimeout(BadRequest):
+    """The request body did not arrive within `CLASSIFIER_REQUEST_READ_DEADLINE`, or the
+    client went away while sending it (408, and the connection is closed)."""
+
+    code = "request_timeout"
+    status = 408
+
+
+class RequestLineTooLong(BadRequest):
+    """The request line (a GET's query string) is over the server's limit: POST the URLs
+    as JSON instead (414, answered by the server before the function runs)."""
+
+    code = "request_line_too_long"
+    status = 414
+
+
+class HeadersTooLarge(BadRequest):
+    """Too many request headers, or one too long (431, answered by the server)."""
+
+    code = "headers_too_large"
+    status = 431
+
+
 class UnknownModel(BadRequest):
     """The request names a model that is not configured (400; GET /models lists them)."""
 
@@ -197,3 +220,11 @@ class TooManyRedirects(ItemError):
     """The URL redirected more often than `CLASSIFIER_MAX_REDIRECTS`."""
 
     code = "too_many_redirects"
+
+
+class Overloaded(ItemError):
+    """The download could not get its bytes from `CLASSIFIER_MAX_INFLIGHT_BYTES` within its
+    deadline: too many downloads at once. Trying again later can help."""
+
+    code = "overloaded"
+    transient = True

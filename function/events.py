@@ -107,7 +107,7 @@ def parse_event(headers: Headers, body: bytes) -> CloudEvent:
     reads 0.3, whose attributes differ: refused rather than half understood)."""
     try:
         event = from_http(headers, body)
-    except (GenericException, ValueError, TypeError) as exc:  # the SDK lets decode errors through
+    except (GenericException, ValueError, TypeError, RecursionError) as exc:  # the SDK lets decode errors through
         raise BadRequest(
             f"not a valid CloudEvent ({exc}): binary mode needs ce-specversion: 1.0, ce-id, ce-source "
             "and ce-type headers; structured mode a JSON body with those attributes"
@@ -208,12 +208,12 @@ class EventHandler:
         if not objects:
             return None
         sign = self.credentials.signer(objects[0].provider)  # one event, one provider
-        transient: list[tuple[StoredObject, ItemError]] = []
+        transient: list[tuple[StoredObject, dict[str, str]]] = []
         outcome = self.classifier.classify([self._source(o, sign, transient) for o in objects])
         if transient:
             obj, error = transient[0]
             raise StorageUnavailable(
-                f"could not read {obj.uri} ({error.code}: {error.message}); "
+                f"could not read {obj.uri} ({error['code']}: {error['message']}); "
                 f"{len(transient)} of {len(objects)} objects failed for now, retry the event"
             )
         reply = reply_event(event, objects, outcome, request_context.traceparent())
@@ -236,8 +236,8 @@ class EventHandler:
             try:
                 return fetch.fetch(self.session, url, self.settings, sign(url))
             except ItemError as exc:
-                if exc.transient:
-                    transient.append((obj, exc))
+                if exc.transient:  # noted as answered: an exception would keep its frames alive
+                    transient.append((obj, exc.to_dict()))
                 raise
 
         return Source(obj.uri, load)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import socket
 import threading
 import time
 from collections.abc import Mapping
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 import urllib3
@@ -21,13 +20,14 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from . import guard
+from . import budget, guard
 from .config import Settings
 from .errors import (
     FetchFailed,
     FetchTimeout,
     HttpStatus,
     ItemError,
+    Overloaded,
     TooLarge,
     TooManyRedirects,
 )
@@ -36,27 +36,6 @@ logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 * 1024
 USER_AGENT = "bird-classifier/1"
-
-
-def redact(url: str) -> str:
-    """scheme://host/path only: query strings and credentials can carry secrets."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<invalid url>"
-    if not parts.scheme:  # a local path
-        return parts.path
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-_URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
-
-
-def scrub(text: str) -> str:
-    """`text` with every URL in it redacted: libraries quote whole URLs in their errors."""
-    return _URL_IN_TEXT.sub(lambda match: redact(match.group()), text)
 
 
 # --- connections that go only where the guard allowed ----------------------------
@@ -278,6 +257,9 @@ def _read_body(response: requests.Response, settings: Settings, deadline: _Deadl
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"image is {int(declared)} bytes, the limit is {limit}")
+    lease = budget.current_lease()
+    if lease is not None:
+        _reserve(lease, response, settings, deadline)
     raw = response.raw
     chunks: list[bytes] = []
     size = 0
@@ -307,7 +289,27 @@ def _read_body(response: requests.Response, settings: Settings, deadline: _Deadl
         if size > limit:
             raise TooLarge(f"image is larger than the limit of {limit} bytes")
         chunks.append(chunk)
+    if lease is not None:
+        lease.shrink(size)  # what an unknown length reserved beyond the body goes back at once
     return b"".join(chunks)
+
+
+def _reserve(lease: budget.Lease, response: requests.Response, settings: Settings,
+             deadline: _Deadline) -> None:
+    """Hold the body's bytes in the process-wide download budget before reading it: its
+    `Content-Length` when that is the size in memory, else the most it may be (a gzip of
+    one megabyte may inflate to a gigabyte; it is cut at the limit). Waits within the
+    download's deadline; the lease is released once the image is decoded."""
+    declared = response.headers.get("content-length", "")
+    encoded = response.headers.get("content-encoding", "identity").strip().lower() != "identity"
+    need = int(declared) if declared.isdigit() and not encoded else settings.max_image_bytes
+    try:
+        lease.reserve(need, deadline.remaining())
+    except TimeoutError:
+        raise Overloaded(
+            f"too many downloads in progress: {need} bytes could not be held within "
+            f"{settings.fetch_deadline:g} s (budget {lease.budget.capacity} bytes); try again later"
+        ) from None
 
 
 def _reason(exc: BaseException) -> str:

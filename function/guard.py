@@ -111,6 +111,7 @@ def resolve(
     if not allow_private:
         for address in addresses:
             if not is_public(address):
-                raise ForbiddenUrl(f"host {host!r} resolves to a non-public address ({address})")
+                # Which address stays unsaid: it would map the cluster's network for a stranger.
+                raise ForbiddenUrl(f"host {host!r} resolves to a non-public address")
     return addresses
 

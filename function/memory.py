@@ -1,12 +1,30 @@
-"""Make freed image buffers go back to the system (glibc), so a busy process stays small."""
+"""Give freed memory back to the system (glibc), so a busy process shrinks after a burst,
+and know how much memory the container may use."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter, <malloc.h>
 MMAP_THRESHOLD_BYTES = 1024 * 1024
+# cgroup v2, then v1: where a container's memory limit is read from
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+UNLIMITED_BYTES = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
 
 
 def return_big_buffers() -> bool:
@@ -16,7 +34,53 @@ def return_big_buffers() -> bool:
     heaps keeps its own peak. A fixed 1 MiB threshold sends them to mmap, returned on free.
     True if set; False where the C library is not glibc (nothing to tune)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    except (OSError, AttributeError, TypeError):
+        return bool(_LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (AttributeError, TypeError):
         return False
+
+
+def trim() -> bool:
+    """Hand the free pages of every heap back to the system (`malloc_trim(0)`). Download
+    chunks (64 KiB) and the many small objects of a burst stay below the mmap threshold:
+    freed, they leave per-thread heaps holding hundreds of megabytes (measured: 64
+    concurrent 20 MB downloads left 550-730 MB resident after the last was freed; one
+    trim, in 30 ms, brought the process back to 70 MB). False where there is no glibc."""
+    try:
+        return bool(_LIBC.malloc_trim(0))
+    except (AttributeError, TypeError):
+        return False
+
+
+class IdleTrim:
+    """Counts the work in flight and trims when the last piece ends: after any burst the
+    process returns near its idle size, and steady traffic pays nothing per request."""
+
+    def __init__(self):
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        with self._lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+                idle = self._busy == 0
+            if idle:
+                trim()
+
+
+def container_limit(paths: tuple[str, ...] = CGROUP_LIMITS) -> int | None:
+    """The container's memory limit in bytes (its cgroup's), or None where there is none."""
+    for path in paths:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < UNLIMITED_BYTES:
+            return int(text)
+        return None  # "max", or v1's near-2**63: no limit
+    return None

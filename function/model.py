@@ -19,7 +19,7 @@ import numpy as np
 from . import labels, metrics, runtime, tracing
 from .config import ModelSpec
 from .errors import BadModel, ModelUnavailable
-from .fetch import redact, scrub
+from .redaction import redact, scrub
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import requests
 
-from . import fetch, images, metrics, request_context, tracing
-from .config import ModelSpec, Settings, model_specs
+from . import fetch, images, memory, metrics, request_context, tracing
+from .budget import Budget
+from .config import ModelSpec, Settings, inflight_bytes, model_specs
 from .errors import ItemError, TooManyUrls, UnknownModel
 from .model import LazyModel, LoadedModel
+from .redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +36,9 @@ class Source:
 class _Item:
     source: Source
     pixels: np.ndarray | None = None
-    error: ItemError | None = None
+    # The error as answered, not the exception: a stored exception keeps its traceback,
+    # and with it the frames, this item and the image being decoded, alive in a cycle.
+    error: dict[str, str] | None = None
     fetch_seconds: float = 0.0
     decode_seconds: float = 0.0
 
@@ -46,8 +50,11 @@ class Classifier:
                  models: Sequence[ModelSpec] | None = None):
         self.settings = settings
         self.session = session or fetch.make_session(settings)
-        # Images decoding at once hold no more pixels than the largest one allowed.
-        self.decode_budget = images.PixelBudget(settings.max_image_pixels)
+        # Images decoding at once hold no more pixels than the largest one allowed, and
+        # downloads no more bytes than a share of the container's memory.
+        self.decode_budget = Budget(settings.max_image_pixels)
+        self.download_budget = Budget(inflight_bytes(settings, memory.container_limit()))
+        self._idle_trim = memory.IdleTrim()
         specs = list(models or model_specs(settings))
         self.models = {
             spec.name: LazyModel(spec, settings.runtime, settings.cache_dir, settings.model_retry_seconds)
@@ -66,21 +73,28 @@ class Classifier:
         return lazy
 
     def classify_urls(self, urls: Sequence[str], top_k: int | None = None, model: str | None = None) -> dict:
-        return self.classify([self.url_source(u) for u in urls], top_k, model)
+        """A URL given twice is one source: fetched and decoded once, answered at both places."""
+        sources = {url: self.url_source(url) for url in urls}
+        return self.classify([sources[url] for url in urls], top_k, model)
 
     def classify(self, sources: Sequence[Source], top_k: int | None = None, model: str | None = None) -> dict:
-        """{"model", "results", "timings_ms"}; raises ModelUnavailable if the model can't load."""
-        started = time.perf_counter()
+        """{"model", "results", "timings_ms"}; raises ModelUnavailable if the model can't load.
+        A source given at several places is prepared once."""
         if len(sources) > self.settings.max_urls:
             raise TooManyUrls(f"{len(sources)} images in one request, the limit is {self.settings.max_urls}")
-        top_k = top_k or self.settings.top_k
-        lazy = self.model(model)
-        workers = max(1, min(len(sources), self.settings.fetch_workers))
+        with self._idle_trim.working():  # the last request of a burst gives the memory back
+            return self._classify(sources, top_k or self.settings.top_k, self.model(model))
+
+    def _classify(self, sources: Sequence[Source], top_k: int, lazy: LazyModel) -> dict:
+        started = time.perf_counter()
+        places = {source: place for place, source in enumerate(dict.fromkeys(sources))}
+        unique = list(places)
+        workers = max(1, min(len(unique), self.settings.fetch_workers))
         with concurrent.futures.ThreadPoolExecutor(workers + 1, thread_name_prefix="fetch") as pool:
             # The model loads (first request only) while the images download, both in the
             # request's context: their log lines and spans stay the request's.
             loading = None if lazy.loaded else pool.submit(request_context.carry(_timed), lazy.get)
-            items = list(pool.map(request_context.carry(lambda s: self._prepare(s, lazy.spec)), sources))
+            prepared = list(pool.map(request_context.carry(lambda s: self._prepare(s, lazy.spec)), unique))
             fetched = time.perf_counter()
             if loading is not None:
                 loaded, load_seconds = loading.result()
@@ -88,12 +102,12 @@ class Classifier:
                 loaded, load_seconds = lazy.get(), 0.0
         waited = time.perf_counter() - fetched
         inference_started = time.perf_counter()
-        with tracing.span("inference", {"classifier.model": lazy.spec.name, "classifier.images": len(items)}):
-            results = self._predict(items, loaded, top_k)
+        with tracing.span("inference", {"classifier.model": lazy.spec.name, "classifier.images": len(prepared)}):
+            results = self._predict(prepared, [places[s] for s in sources], loaded, top_k)
         inference = time.perf_counter() - inference_started
         timings = {
-            "fetch": max((i.fetch_seconds for i in items), default=0.0),
-            "decode": sum(i.decode_seconds for i in items),
+            "fetch": max((i.fetch_seconds for i in prepared), default=0.0),
+            "decode": sum(i.decode_seconds for i in prepared),
             "model_load": load_seconds,
             "model_wait": waited,
             "inference": inference,
@@ -112,43 +126,49 @@ class Classifier:
                               "errors": sorted({r["error"]["code"] for r in results if "error" in r}),
                               "timings_ms": timings_ms}},
         )
-        return {"model": fetch.redact(lazy.spec.url), "results": results, "timings_ms": timings_ms}
+        return {"model": redact(lazy.spec.url), "results": results, "timings_ms": timings_ms}
 
     def _prepare(self, source: Source, spec: ModelSpec) -> _Item:
+        """Load and decode one image. The bytes a download holds count against the download
+        budget (`fetch` reserves them in this lease) until they are decoded."""
         item = _Item(source)
-        shown = fetch.redact(source.name)
+        shown = redact(source.name)
         try:
-            with metrics.stage("fetch") as fetched, tracing.span("fetch", {"url.full": shown}):
-                data = source.load()
-            item.fetch_seconds = fetched.seconds
-            with metrics.stage("decode") as decoded, tracing.span("decode"):
-                item.pixels = images.decode(
-                    data, spec.input_size, self.settings.max_image_pixels, self.settings.allowed_formats,
-                    self.decode_budget,
-                )
-            item.decode_seconds = decoded.seconds
+            with self.download_budget.lease():
+                with metrics.stage("fetch") as fetched, tracing.span("fetch", {"url.full": shown}):
+                    data = source.load()
+                item.fetch_seconds = fetched.seconds
+                with metrics.stage("decode") as decoded, tracing.span("decode"):
+                    item.pixels = images.decode(
+                        data, spec.input_size, self.settings.max_image_pixels, self.settings.allowed_formats,
+                        self.decode_budget,
+                    )
+                item.decode_seconds = decoded.seconds
             logger.debug("%s: fetched in %.1f ms, decoded in %.1f ms", shown, fetched.seconds * 1000,
                          decoded.seconds * 1000, extra={"fields": {"event": "image", "image": shown, "outcome": "ok"}})
         except ItemError as exc:
-            item.error = exc
+            item.error = exc.to_dict()
             logger.info("%s: %s %s", shown, exc.code, exc.message,
                         extra={"fields": {"event": "image", "image": shown, "outcome": exc.code}})
         except Exception as exc:  # noqa: BLE001 - one bad image never spoils the others
             logger.exception("unexpected failure on %s", shown)
-            item.error = ItemError(f"unexpected error: {type(exc).__name__}")
+            item.error = ItemError(f"unexpected error: {type(exc).__name__}").to_dict()
         return item
 
-    def _predict(self, items: list[_Item], model: LoadedModel, top_k: int) -> list[dict]:
-        good = [i for i in items if i.pixels is not None]
-        scores = model.probabilities(np.stack([i.pixels for i in good])) if good else None
-        rows = iter(range(len(good)))
+    def _predict(self, prepared: list[_Item], places: list[int], model: LoadedModel, top_k: int) -> list[dict]:
+        """One batched model call for the images that decoded; one result per place, each
+        place naming the prepared item it shows."""
+        good = [i for i, item in enumerate(prepared) if item.pixels is not None]
+        scores = model.probabilities(np.stack([prepared[i].pixels for i in good])) if good else None
+        rows = {item: row for row, item in enumerate(good)}
         results = []
-        for item in items:
+        for place in places:
+            item = prepared[place]
             if item.error is not None:
-                results.append({"url": item.source.name, "error": item.error.to_dict()})
+                results.append({"url": item.source.name, "error": dict(item.error)})
                 continue
             results.append({"url": item.source.name,
-                            "predictions": top_predictions(scores[next(rows)], model.labels, top_k)})
+                            "predictions": top_predictions(scores[rows[place]], model.labels, top_k)})
         return results
 
 

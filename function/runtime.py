@@ -27,7 +27,7 @@ import numpy as np
 from . import labels
 from .config import ModelSpec
 from .errors import BadModel, ModelUnavailable
-from .fetch import redact
+from .redaction import redact
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import fetch
 from .config import Settings
 from .errors import StorageUnavailable
+from .redaction import scrub
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _brief(exc: Exception) -> str:
     """The first line of a library's error, URLs redacted: token endpoints' error pages
     are long, and URLs may carry secrets."""
     text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
-    return fetch.scrub((text.strip().splitlines() or [type(exc).__name__])[0])[:300]
+    return scrub((text.strip().splitlines() or [type(exc).__name__])[0])[:300]
 
 
 class BucketCredentials:

@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import sys
+import tempfile
 
 import pytest
 import requests
@@ -21,7 +22,7 @@ from function.config import default_model, load_settings
 from function.runtime import tflite_path
 from test_events import capture_logs, gcs_event, put_object
 from test_metrics import parse
-from test_server import functions_framework
+from test_server import served
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -186,7 +187,7 @@ def test_logged_paths_are_bounded_and_never_carry_the_query(client, logs):
 
 @pytest.mark.slow
 def test_as_deployed_json_lines_and_one_scrape_tell_the_same_story(stand_in, flowers):
-    """The real functions-framework process with JSON logs for Cloud Logging: each answer's
+    """The real server process with JSON logs for Cloud Logging: each answer's
     X-Request-Id has one request line with its trace, the image lines share it, and a scrape
     counts exactly what was sent."""
     tflite_path(default_model(load_settings(stand_in.env())), str(stand_in.cache_dir))  # no TensorFlow there
@@ -195,7 +196,7 @@ def test_as_deployed_json_lines_and_one_scrape_tell_the_same_story(stand_in, flo
                        CLASSIFIER_MODELS=json.dumps({"broken": broken}))
     red = stand_in.image_url("deployed-red.png", (250, 5, 5))
     missing = stand_in.server.url("/images/deployed-missing.png")
-    with functions_framework(env) as (base, process):
+    with tempfile.TemporaryFile() as log, served(env, log) as (base, process):
         before = parse(requests.get(base + "/metrics", timeout=30).text)
         answers = [
             requests.post(base, json={"urls": [red, missing]}, headers={"traceparent": TRACEPARENT}, timeout=60),
@@ -206,8 +207,9 @@ def test_as_deployed_json_lines_and_one_scrape_tell_the_same_story(stand_in, flo
         ]
         after = parse(requests.get(base + "/metrics", timeout=30).text)
         process.terminate()
-        lines = [json.loads(line) for line in process.communicate(timeout=30)[1].decode().splitlines()
-                 if line.startswith("{")]
+        process.wait(30)
+        log.seek(0)
+        lines = [json.loads(line) for line in log.read().decode().splitlines() if line.startswith("{")]
     assert [a.status_code for a in answers] == [200, 200, 503, 400, 404]
     assert changes(before, after, "classifier_requests_total") == {
         series(door="json", code="200"): 1, series(door="query", code="200"): 1, series(door="json", code="503"): 1,

@@ -8,9 +8,11 @@ import re
 import sys
 
 import pytest
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from conftest import ROOT, function_client
 from fixtures import images as test_images
+from function.events import GCS_FINALIZED
 
 
 def error_of(response):
@@ -79,6 +81,38 @@ def test_malformed_bodies_are_400_bad_request(app_client, body, content_type):
     response = app_client.post("/", data=body, content_type=content_type)
     assert response.status_code == 400
     assert error_of(response)["code"] == "bad_request"
+
+
+DEEP = b"[" * 100_000  # deeper than the interpreter's recursion limit
+
+
+@pytest.mark.parametrize(
+    "body, headers",
+    [
+        (DEEP, {"Content-Type": "application/json"}),
+        (b'{"urls": ' + DEEP, {"Content-Type": "application/json"}),
+        (b'{"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": ' + DEEP,
+         {"Content-Type": "application/cloudevents+json"}),  # a structured CloudEvent
+        (DEEP, {"Content-Type": "application/json", "ce-specversion": "1.0", "ce-id": "1",
+                "ce-source": "s", "ce-type": GCS_FINALIZED}),  # a binary one
+    ],
+    ids=["json", "json-urls", "structured-event", "binary-event"],
+)
+def test_json_nested_past_the_recursion_limit_is_400_bad_request(app_client, body, headers):
+    response = app_client.post("/", data=body, headers=headers)
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "bad_request"
+
+
+def test_a_body_that_ends_before_its_length_is_408(app_client):
+    """What the server's read deadline leaves the function (or a client that went away):
+    a body shorter than its Content-Length."""
+    environ = EnvironBuilder(method="POST", input_stream=io.BytesIO(b'{"urls": ['),
+                             content_type="application/json").get_environ()
+    environ["CONTENT_LENGTH"] = "1000"  # as sent; the test client would count the stream instead
+    body, status, _ = run_wsgi_app(app_client.application, environ, buffered=True)
+    assert status.startswith("408 ")
+    assert json.loads(b"".join(body))["error"]["code"] == "request_timeout"
 
 
 def test_too_many_urls_is_400(app_client, monkeypatch):

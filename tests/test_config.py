@@ -63,3 +63,21 @@ def test_upload_limit_default_and_override():
     assert load_settings({"CLASSIFIER_MAX_UPLOAD_BYTES": "1000"}).max_upload_bytes == 1000
     with pytest.raises(ConfigError, match="CLASSIFIER_MAX_UPLOAD_BYTES"):
         load_settings({"CLASSIFIER_MAX_UPLOAD_BYTES": "0"})
+
+
+@pytest.mark.parametrize(
+    "key, raw",
+    [
+        ("CLASSIFIER_MODELS", json.dumps({"f": {**FLOWERS, "url": "https://b.example/f.tflite?X-Goog-Signature=SECRET1",
+                                               "output": "softmax"}})),
+        ("CLASSIFIER_MODELS", '{"f": {"url": "https://user:SECRET2@b.example/f.tflite", not json'),
+        ("CLASSIFIER_TOP_K", "https://x.example/?token=SECRET3"),
+    ],
+)
+def test_a_configuration_error_quotes_the_value_without_its_secrets(key, raw):
+    """Signed URLs (query strings, credentials) are printed redacted: errors end up in logs."""
+    with pytest.raises(ConfigError) as error:
+        load_settings({key: raw})
+    assert str(error.value).startswith(f"{key}=")
+    assert "b.example/f.tflite" in str(error.value) or "x.example" in str(error.value)
+    assert "SECRET" not in str(error.value)

@@ -21,7 +21,7 @@ from fixtures.server import LoopbackServer
 from conftest import function_client
 from function.config import ConfigError, load_settings
 from function.events import StoredObject
-from test_server import free_port, functions_framework
+from test_server import free_port, served
 
 RED, BLUE, GREEN = (250, 5, 5), (5, 5, 250), (5, 250, 5)
 ROBIN, TIT, WOODPECKER = "Erithacus rubecula", "Cyanistes caeruleus", "Picus viridis"
@@ -168,7 +168,7 @@ def function_logs(client, monkeypatch, caplog):
 @pytest.fixture(scope="module")
 def event_server(stand_in):
     env = stand_in.env(CLASSIFIER_OBJECT_URL_TEMPLATE=stand_in.server.url("/{bucket}/{name}"))
-    with functions_framework(env) as (base, _):
+    with served(env) as (base, _):
         yield base
 
 

@@ -196,27 +196,6 @@ def test_a_kept_alive_connection_is_held_to_the_next_fetchs_deadline(server):
 # --- secrets stay out of logs ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "url, expected",
-    [
-        ("https://bucket.example/a/b.jpg?X-Goog-Signature=abc&token=t", "https://bucket.example/a/b.jpg"),
-        ("https://user:pw@host.example:8443/p.png#frag", "https://host.example:8443/p.png"),
-        ("http://[::1]:81/x?q=1", "http://::1:81/x"),
-        ("http://host.example:notaport/x", "<invalid url>"),
-        ("/srv/models/birds?v=1", "/srv/models/birds"),
-    ],
-)
-def test_redact_keeps_scheme_host_and_path_only(url, expected):
-    assert fetch.redact(url) == expected
-
-
-def test_scrub_redacts_every_url_in_a_message():
-    message = ("404 Client Error: Not Found for url: https://b.example/m.tar.gz?X-Amz-Signature=abc "
-               "(tried 'http://u:pw@h.example/x?t=1')")
-    assert fetch.scrub(message) == ("404 Client Error: Not Found for url: https://b.example/m.tar.gz "
-                                    "(tried 'http://h.example/x')")
-
-
 def test_logs_never_carry_query_strings_or_credentials(monkeypatch, stand_in, caplog):
     """Every failure path logs its URL; none may log the signature, token or password.
     The function's logs go out at the most verbose level an operator can choose."""

@@ -76,6 +76,16 @@ def test_ip_spellings_mean_the_address_libc_connects_to(host):
     assert address in (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::ffff:127.0.0.1"))
 
 
+@pytest.mark.parametrize("host", ["private.test", "metadata.test", "mixed.test", "mixed6.test", "zoned.test"])
+def test_a_refusal_does_not_say_which_internal_address_a_name_has(host):
+    """The message goes back to whoever sent the URL: it must not map the cluster for them."""
+    with pytest.raises(ForbiddenUrl) as caught:
+        guard.resolve(host, 80, allow_private=False, resolver=stub_resolver)
+    assert host in caught.value.message
+    for address in ("10.", "169.254", "::1", "fe80", PUBLIC):
+        assert address not in caught.value.message
+
+
 def test_allow_private_lifts_only_the_address_check():
     assert guard.resolve("loopback.test", 80, allow_private=True, resolver=stub_resolver) == [
         ipaddress.ip_address("127.0.0.1")]

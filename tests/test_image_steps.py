@@ -25,7 +25,7 @@ INSTALL = ROOT / "scripts" / "image" / "install"
 PRELOAD = ROOT / "scripts" / "image" / "preload"
 TFLITE_ONLY = ROOT / "scripts" / "image" / "tflite-only"
 DEBIAN_BASE = ROOT / "scripts" / "image" / "debian-base"
-SERVER_COMMAND = ["functions-framework", "--target", "classify", "--source", "function/main.py"]
+SERVER_COMMAND = ["python", "-m", "function.server"]
 TENSORFLOW_PINS = ("tensorflow", "tensorflow-cpu", "tensorflow-hub", "tf-keras")
 
 DOCKERFILE = dockerfile.parse()

@@ -3,19 +3,24 @@ image (truncated, not an image, a bomb, too big, a refused format) is an item er
 
 from __future__ import annotations
 
+import gc
 import io
 import subprocess
 import sys
 import threading
 import time
+import weakref
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
+from PIL._util import DeferredError
 
 from conftest import ROOT, python_env
 from fixtures import images as test_images
 from function import images
+from function.budget import Budget
 from function.config import load_settings
 from function.errors import ImageTooLarge, ItemError, NotAnImage, UnsupportedFormat
 from function.pipeline import Classifier
@@ -86,6 +91,29 @@ def test_every_mode_becomes_rgb(image, format, expected):
     pixels = decode(encode(image, format, **({"quality": 95} if format == "JPEG" else {})))
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
     assert close(mean_colour(pixels), expected, tolerance=4), mean_colour(pixels)
+
+
+@pytest.mark.parametrize(
+    "image, params, expected",
+    [
+        # a colour key (PNG tRNS) is transparency like a palette's: keyed pixels go white
+        (halves((10, 200, 40), (1, 2, 3)), {"transparency": (10, 200, 40)}, (128, 128, 129)),
+        (Image.new("RGB", (32, 32), (10, 200, 40)), {"transparency": (1, 2, 3)}, (10, 200, 40)),
+        (Image.new("L", (32, 32), 77), {"transparency": 77}, (255, 255, 255)),
+    ],
+    ids=["rgb-half-keyed", "rgb-key-unused", "l-keyed"],
+)
+def test_a_colour_key_is_flattened_on_white(image, params, expected):
+    pixels = decode(encode(image, "PNG", **params))
+    assert close(mean_colour(pixels), expected, tolerance=4), mean_colour(pixels)
+
+
+@pytest.mark.parametrize("top", [1.0, 1000.0], ids=["unit-range", "wide-range"])
+def test_float_greyscale_tiffs_are_decoded(top):
+    """Mode F, as scientific TIFFs store it: scaled from [0, 1], or from [0, 65535] above that."""
+    pixels = decode(encode(Image.fromarray(np.full((32, 32), top / 2, np.float32), "F"), "TIFF"))
+    grey = 127 if top == 1.0 else round(500 / 65535 * 255)
+    assert close(mean_colour(pixels), (grey, grey, grey), tolerance=1), mean_colour(pixels)
 
 
 @pytest.mark.parametrize("level, expected", [(0, 0), (32768, 128), (65535, 255)])
@@ -181,11 +209,62 @@ def test_a_bomb_fails_alone_in_the_pipeline(use_stand_in, stand_in):
     assert results[1]["predictions"][0]["label"] == "Cyanistes caeruleus"
 
 
+def test_plugins_that_raise_other_than_oserror_make_a_not_an_image():
+    """Pillow's DDS plugin raises NotImplementedError for compressions it lacks (found in
+    real corpora): still this image's `not_an_image`, never a crash of the item."""
+    assert isinstance(decode_error(test_images.dds_unknown_fourcc()), NotAnImage)
+
+
+@pytest.mark.parametrize("error", [NotImplementedError("no"), IndexError("tile"), ZeroDivisionError()])
+def test_decoders_that_raise_anything_make_a_not_an_image(monkeypatch, error):
+    def broken(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Image.Image, "resize", broken)
+    assert isinstance(decode_error(encode(Image.new("RGB", (64, 64)))), NotAnImage)
+
+
+@pytest.fixture
+def images_made(monkeypatch) -> Iterator[list[weakref.ref]]:
+    """Weak references to every Pillow image created from now on (opened, converted,
+    resized, composited); the cycle collector is off, so what lives is held by something."""
+    made: list[weakref.ref] = []
+    real = Image.Image.__init__
+
+    def init(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        made.append(weakref.ref(self))
+
+    monkeypatch.setattr(Image.Image, "__init__", init)
+    gc.disable()
+    try:
+        yield made
+    finally:
+        gc.enable()
+
+
+def holding_pixels(made: list[weakref.ref]) -> list[Image.Image]:
+    """The images still alive whose core `close` has not destroyed."""
+    alive = [image for image in (ref() for ref in made) if image is not None]
+    return [image for image in alive if getattr(image, "_im", None) is not None
+            and not isinstance(image._im, DeferredError)]
+
+
+def test_a_failure_midway_leaves_no_image_holding_pixels(images_made, monkeypatch):
+    """The error's traceback keeps its frames and their images alive: closed, they hold
+    no pixels (a 40-megapixel image would hold 160 MB until the collector ran)."""
+    monkeypatch.setattr(Image, "alpha_composite", lambda *images: (_ for _ in ()).throw(OSError("broken")))
+    error = decode_error(encode(palette_with_transparent_index()))
+    assert isinstance(error, NotAnImage)
+    assert len(images_made) >= 3
+    assert holding_pixels(images_made) == []
+
+
 # --- memory -----------------------------------------------------------------------------
 
 
 def test_the_pixel_budget_lets_no_more_pixels_in_at_once():
-    budget = images.PixelBudget(10)
+    budget = Budget(10)
     held, peak, lock = [0], [0], threading.Lock()
 
     def decode_like(pixels: int) -> None:
@@ -209,11 +288,12 @@ def test_the_pixel_budget_lets_no_more_pixels_in_at_once():
 MEASURE = """
 import sys, threading
 from function import images
+from function.budget import Budget
 data = open(sys.argv[1], "rb").read()
 def hwm():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 before = hwm()
-budget = images.PixelBudget(int(sys.argv[3]))
+budget = Budget(int(sys.argv[3]))
 decode = lambda: images.decode(data, (224, 224), int(sys.argv[3]), frozenset({"PNG"}), budget)
 threads = [threading.Thread(target=decode) for _ in range(int(sys.argv[2]))]
 [t.start() for t in threads]

@@ -1,29 +1,19 @@
-"""`scripts/loadtest --faults --quick` against a real functions-framework instance: every
+"""`scripts/loadtest --faults --quick` against a real server instance: every
 request answered, nothing wrong, no fetch past its deadline, memory bounded, /healthz up."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, python_env
-from function import runtime
-from function.config import ModelSpec
+from conftest import run_loadtest
 
 
 @pytest.mark.slow
-def test_the_quick_fault_injection_run_keeps_every_invariant(use_stand_in, stand_in, tmp_path):
-    # Converted here, where TensorFlow is loaded already: the script and the instance start without it.
-    runtime.tflite_path(ModelSpec("birds", stand_in.model_url, stand_in.labels_url), str(stand_in.cache_dir))
+def test_the_quick_fault_injection_run_keeps_every_invariant(stand_in, tmp_path):
     out = tmp_path / "faults.json"
-    done = subprocess.run(
-        [sys.executable, "scripts/loadtest", "--faults", "--quick", "--json-out", str(out),
-         "--model-url", stand_in.model_url, "--labels-url", stand_in.labels_url, "--cache-dir", str(stand_in.cache_dir)],
-        cwd=ROOT, env=python_env({}), capture_output=True, text=True, timeout=120,
-    )
+    done = run_loadtest("--faults", stand_in, out, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     result = json.loads(out.read_text())
     requests, images, health = result["requests"], result["images"], result["healthz"]

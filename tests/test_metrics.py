@@ -16,7 +16,7 @@ from werkzeug.test import Client
 from conftest import ROOT, python_env
 from function import metrics, metrics_dir
 from function.config import Settings
-from test_server import functions_framework
+from test_server import served
 
 # A stand-in worker: counts what it is told to, in the multiprocess directory of its environment.
 WORKER = """
@@ -107,7 +107,7 @@ def test_gunicorn_workers_answer_one_scrape_for_all(stand_in, tmp_path):
     directory.mkdir()
     env = {**stand_in.env(), "WORKERS": "2", "THREADS": "2", "PROMETHEUS_MULTIPROC_DIR": str(directory),
            "CLASSIFIER_LOG_LEVEL": "warning"}  # the server's stderr is a pipe nobody reads
-    with functions_framework(env) as (base, _):
+    with served(env) as (base, _):
         sent = 0
         while len(list(directory.glob("counter_*.db"))) < 2 and sent < 200:  # until both have counted
             requests.get(base + "/nope", timeout=30)  # a new connection each: either worker may take it

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from fixtures import images as test_images
 from function import errors
 from function.config import default_model, load_settings
 from function.runtime import tflite_path
-from test_server import functions_framework
+from test_server import served
 
 DOC = json.loads((ROOT / "function" / "openapi.json").read_text())
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance," \
@@ -53,12 +54,54 @@ def check(response, path: str, method: str) -> tuple:
     return path, method, status, response.mimetype
 
 
-def documented() -> set[tuple]:
+def documented(answered_by: str = "function") -> set[tuple]:
+    """Every (path, method, status, media type) the document promises; answers marked
+    `x-answered-by: server` come from the server before the function runs."""
     return {(path, method, status, media)
             for path, operations in DOC["paths"].items()
             for method, operation in operations.items()
             for status, answer in operation["responses"].items()
+            if resolve(answer).get("x-answered-by", "function") == answered_by
             for media in resolve(answer)["content"]}
+
+
+class Answer:
+    """A raw HTTP answer with the little of a Flask response that `check` reads."""
+
+    def __init__(self, raw: bytes):
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status_code = int(lines[0].split()[1])
+        self.headers = dict(line.split(": ", 1) for line in lines[1:])
+        self.mimetype = self.headers["Content-Type"].split(";")[0]
+
+    def get_json(self):
+        return json.loads(self.body)
+
+
+def exchange(base: str, request: bytes) -> Answer:
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return Answer(received)
+
+
+@pytest.mark.slow
+def test_the_servers_own_answers_are_documented(stand_in):
+    """408, 414 and 431 come from `python -m function.server`, before the function runs."""
+    with served({**stand_in.env(), "CLASSIFIER_REQUEST_READ_DEADLINE": "1"}) as (base, _):
+        seen = {
+            check(exchange(base, b"GET /?url=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"), "/", "get"),
+            check(exchange(base, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n"), "/", "get"),
+            check(exchange(base, b"POST / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n"), "/",
+                  "post"),
+            check(exchange(base, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 10\r\n\r\n{"), "/", "post"),
+        }
+    assert seen == documented("server")
 
 
 def test_every_documented_answer_is_real_and_valid(use_stand_in, stand_in, flowers, monkeypatch):
@@ -119,7 +162,7 @@ def test_schemathesis_finds_nothing_against_the_real_server(use_stand_in, stand_
     env = {**stand_in.env(), "CLASSIFIER_MODELS": flowers.registry(), "CLASSIFIER_FETCH_DEADLINE": "2",
            "CLASSIFIER_LOG_LEVEL": "error"}  # the server's stderr is a pipe nobody reads
     del env["CLASSIFIER_ALLOW_PRIVATE_URLS"]
-    with functions_framework(env) as (base, _):
+    with served(env) as (base, _):
         done = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "run", f"{base}/openapi.json",
              "--checks", CHECKS, "--max-examples", "20", "--workers", "2", "--request-timeout", "30",

@@ -15,7 +15,7 @@ from conftest import ROOT
 from fixtures import images as test_images
 from function.config import default_model, load_settings
 from function.runtime import tflite_path
-from test_server import functions_framework
+from test_server import served
 
 CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -69,7 +69,7 @@ def test_the_page_classifies_uploads_and_urls(browser, use_stand_in, stand_in, f
     upload.write_bytes(test_images.encode(test_images.solid((250, 5, 5), (160, 120))))
     blue = stand_in.image_url("page-blue.png", (5, 5, 250))
     missing = stand_in.server.url("/images/page-missing.png")
-    with functions_framework({**stand_in.env(), "CLASSIFIER_MODELS": flowers.registry()}) as (base, _):
+    with served({**stand_in.env(), "CLASSIFIER_MODELS": flowers.registry()}) as (base, _):
         browser.get(base + "/")
         assert browser.title == "Bird classifier"
         WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "model-choice").is_displayed())

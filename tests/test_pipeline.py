@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -10,7 +12,8 @@ import pytest
 from fixtures import images as test_images
 from fixtures.models import COLOUR_LABELS, expected_colour_scores
 from function.config import load_settings
-from function.pipeline import Classifier, top_predictions
+from function.errors import FetchFailed
+from function.pipeline import Classifier, Source, top_predictions
 
 
 @pytest.fixture(params=["litert", "tensorflow"])
@@ -115,3 +118,42 @@ def test_timings_name_every_phase(use_stand_in, stand_in):
     report = Classifier(load_settings()).classify_urls([stand_in.image_url("t.png")])
     assert set(report["timings_ms"]) == {"fetch", "decode", "model_load", "model_wait", "inference", "total"}
     assert report["timings_ms"]["model_load"] > 0
+
+
+def test_a_url_given_twice_is_fetched_and_decoded_once_and_answered_at_each_place(use_stand_in, stand_in):
+    red = stand_in.image_url("twice-red.png", COLOURS["red"])
+    blue = stand_in.image_url("twice-blue.png", COLOURS["blue"])
+    missing = stand_in.server.url("/images/twice-missing.png")
+    report = Classifier(load_settings()).classify_urls([red, blue, red, missing, red, missing])
+    results = report["results"]
+    assert [r["url"] for r in results] == [red, blue, red, missing, red, missing]
+    assert results[0] == results[2] == results[4] and results[0]["predictions"][0]["label"] == "Erithacus rubecula"
+    assert results[3] == results[5] and results[3]["error"]["code"] == "http_status"
+    hits = stand_in.server.hits
+    assert (hits["/images/twice-red.png"], hits["/images/twice-missing.png"]) == (1, 1)
+
+
+class Held:
+    """Stands for what a failing download's frames hold: its bytes, response, socket."""
+
+
+def test_a_failed_image_leaves_nothing_alive_behind_it(use_stand_in, stand_in):
+    """With the cycle collector off: a stored error must not keep its traceback, and with
+    it the frames, the item and what they held (the issue saw 1.7 GB kept this way)."""
+    classifier = Classifier(load_settings())
+    classifier.model().get()
+    held: list[weakref.ref] = []
+
+    def fails_deep_down() -> bytes:
+        buffer = Held()
+        held.append(weakref.ref(buffer))
+        raise FetchFailed("connection broke mid-body")
+
+    gc.collect()
+    gc.disable()
+    try:
+        results = classifier.classify([Source("https://example.com/a.jpg", fails_deep_down)])["results"]
+        assert results[0]["error"]["code"] == "fetch_failed"
+        assert held[0]() is None
+    finally:
+        gc.enable()

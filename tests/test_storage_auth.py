@@ -27,7 +27,7 @@ from function.storage_auth import GCS_READ_SCOPE
 from test_events import (
     BLUE, RED, ROBIN, TIT, error_of, gcs_event, post, put_object, reply_of, s3_event, s3_record,
 )
-from test_server import functions_framework
+from test_server import served
 
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -196,7 +196,7 @@ def test_gcs_tokens_from_the_metadata_server_named_by_gce_metadata_host(stand_in
         metadata_server(metadata, token["now"], expires_in=60)  # inside google-auth's refresh margin
         env = stand_in.env(CLASSIFIER_OBJECT_URL_TEMPLATE=stand_in.server.url("/{bucket}/{name}"),
                            CLASSIFIER_ALLOW_PRIVATE_URLS="0", GCE_METADATA_HOST=f"127.0.0.1:{metadata.port}")
-        with functions_framework(env) as (base, _):
+        with served(env) as (base, _):
             def classify() -> str:
                 headers, body = to_binary(gcs_event("metadata", "robin.png"))
                 response = requests.post(base + "/", headers=headers, data=body, timeout=60)

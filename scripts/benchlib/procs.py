@@ -1,5 +1,5 @@
-"""Processes under measurement: wall time and peak RSS of one run, and a real
-functions-framework instance started the way the Dockerfile starts it."""
+"""Processes under measurement: wall time and peak RSS of one run, and a real server
+instance started the way the Dockerfile starts it (`python -m function.server`)."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def free_port() -> int:
 
 
 class Server:
-    """`functions-framework --target classify` on a free loopback port.
+    """`python -m function.server` (the Dockerfile's CMD) on a free loopback port.
 
     `healthz_seconds` is process start to the first 200 from /healthz; leaving the
     block stops it (SIGTERM, as Knative does) and records the peak RSS.
@@ -135,12 +135,9 @@ class Server:
 
     def _popen(self, log) -> subprocess.Popen:
         """The server process, writing to `log` (imagelib.container starts an image's instead)."""
-        env = {**dockerfile_env(self.SERVER_ENV), **self._env, "PORT": str(self.port)}
-        return subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", "classify",
-             "--source", "function/main.py", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=python_env(env), stdout=log, stderr=subprocess.STDOUT,
-        )
+        env = {**dockerfile_env(self.SERVER_ENV), **self._env, "PORT": str(self.port), "HOST": "127.0.0.1"}
+        return subprocess.Popen([sys.executable, "-m", "function.server"],
+                                cwd=ROOT, env=python_env(env), stdout=log, stderr=subprocess.STDOUT)
 
     def __enter__(self) -> "Server":
         self._log = open(self._log_path, "w")
@@ -155,7 +152,7 @@ class Server:
 
     @property
     def pid(self) -> int:
-        """The functions-framework process (the gunicorn master; its worker is a child)."""
+        """The server process (the gunicorn master; its worker is a child)."""
         return self._process.pid
 
     def _wait_healthy(self) -> float:

@@ -67,14 +67,14 @@ QUICK = Plan(seconds=6.0, deadline=1.5, margin=3.0)
 class Target:
     """One URL on the loopback internet and what the function must answer for it."""
 
-    kind: str  # "good", or the name of the fault
+    kind: str  # "good" (or "good-..."), or the name of the fault
     url: str
     codes: frozenset[str] = frozenset()  # error codes a fault may end in
     label: str = ""  # a good image's expected top label and score
     score: float = 0.0
 
     def judge(self, result: dict) -> list[str]:
-        if self.kind == "good":
+        if self.kind.startswith("good"):  # "good", or a kind of good image ("good-20mb")
             if "predictions" not in result:
                 return [f"good image {self.url} failed: {result.get('error')}"]
             top = result["predictions"][0]

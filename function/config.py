@@ -34,6 +34,13 @@ def _flag(raw: str) -> bool:
     raise ValueError("expected 1/0, true/false, yes/no or on/off")
 
 
+def _non_negative(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _positive(cast: Callable[[str], T]) -> Callable[[str], T]:
     def parse(raw: str) -> T:
         value = cast(raw)
@@ -149,6 +156,9 @@ class Settings:
     model_url: str = DEFAULT_MODEL_URL
     labels_url: str = DEFAULT_LABELS_URL
     runtime: str = "litert"
+    # LiteRT threads per model call; 0: os.cpu_count(), which in a container is the node's
+    # CPUs, not its quota, so the image sets it (docs/performance.md)
+    litert_threads: int = 0
     # tensorflow_hub's own default, so both agree without importing it
     cache_dir: str = os.path.join(tempfile.gettempdir(), "tfhub_modules")
     top_k: int = 3
@@ -181,6 +191,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CLASSIFIER_MODEL_URL": ("model_url", str.strip),
     "CLASSIFIER_LABELS_URL": ("labels_url", str.strip),
     "CLASSIFIER_RUNTIME": ("runtime", _choice(RUNTIMES)),
+    "CLASSIFIER_LITERT_THREADS": ("litert_threads", _non_negative),
     "TFHUB_CACHE_DIR": ("cache_dir", str.strip),
     "CLASSIFIER_TOP_K": ("top_k", _positive(int)),
     "CLASSIFIER_MAX_URLS": ("max_urls", _positive(int)),

@@ -36,8 +36,7 @@ class LoadedModel:
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """One model call for the whole batch of uint8 images; softmax for logit models."""
-        inputs = batch.astype(np.float32) * (self.spec.input_scale / 255.0)
-        outputs = self.predict(inputs)
+        outputs = self.predict(batch, self.spec.input_scale / 255.0)
         if self.spec.output == "logits":
             shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
             outputs = shifted / shifted.sum(axis=1, keepdims=True)
@@ -47,9 +46,11 @@ class LoadedModel:
 class LazyModel:
     """Loads `spec` on the first `get()`, once; later calls return the same model."""
 
-    def __init__(self, spec: ModelSpec, runtime_name: str, cache_dir: str, retry_seconds: float):
+    def __init__(self, spec: ModelSpec, runtime_name: str, cache_dir: str, retry_seconds: float,
+                 litert_threads: int = 0):
         self.spec = spec
         self._runtime = runtime_name
+        self._litert_threads = litert_threads
         self._cache_dir = cache_dir
         self._retry_seconds = retry_seconds
         self._lock = threading.Lock()
@@ -86,10 +87,10 @@ class LazyModel:
         started = time.perf_counter()
         self.load_count += 1
         logger.info("loading model %s (%s runtime)", redact(self.spec.url), self._runtime)
-        predict = runtime.load(self.spec, self._runtime, self._cache_dir)
+        predict = runtime.load(self.spec, self._runtime, self._cache_dir, self._litert_threads)
         names = labels.load_labels(self.spec.labels_url)
         width, height = self.spec.input_size
-        probe = predict(np.zeros((1, height, width, 3), np.float32))
+        probe = predict(np.zeros((1, height, width, 3), np.uint8), 1.0)
         num_classes = int(probe.shape[-1])
         missing = [i for i in range(num_classes) if i not in names]
         if missing:

@@ -50,7 +50,8 @@ class Classifier:
         self.decode_budget = images.PixelBudget(settings.max_image_pixels)
         specs = list(models or model_specs(settings))
         self.models = {
-            spec.name: LazyModel(spec, settings.runtime, settings.cache_dir, settings.model_retry_seconds)
+            spec.name: LazyModel(spec, settings.runtime, settings.cache_dir, settings.model_retry_seconds,
+                                 settings.litert_threads)
             for spec in specs
         }
         self.default_model = specs[0].name

@@ -63,3 +63,10 @@ def test_upload_limit_default_and_override():
     assert load_settings({"CLASSIFIER_MAX_UPLOAD_BYTES": "1000"}).max_upload_bytes == 1000
     with pytest.raises(ConfigError, match="CLASSIFIER_MAX_UPLOAD_BYTES"):
         load_settings({"CLASSIFIER_MAX_UPLOAD_BYTES": "0"})
+
+
+def test_litert_threads_default_to_one_per_cpu_and_refuse_negatives():
+    assert load_settings({}).litert_threads == 0  # runtime.load: os.cpu_count()
+    assert load_settings({"CLASSIFIER_LITERT_THREADS": "1"}).litert_threads == 1
+    with pytest.raises(ConfigError, match="CLASSIFIER_LITERT_THREADS='-1': must be 0 or more"):
+        load_settings({"CLASSIFIER_LITERT_THREADS": "-1"})

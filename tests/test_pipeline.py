@@ -62,9 +62,9 @@ def test_five_urls_make_one_model_call_and_one_load(use_stand_in, stand_in):
     calls = []
     original = loaded.predict
 
-    def counting(batch):
+    def counting(batch, factor):
         calls.append(batch.shape)
-        return original(batch)
+        return original(batch, factor)
 
     object.__setattr__(loaded, "predict", counting)
     urls = [stand_in.image_url(f"five-{i}.png", (40 * i, 100, 50)) for i in range(5)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from fixtures import images as test_images
 from fixtures.models import COLOUR_LABELS, expected_colour_scores
 from function.config import load_settings
-from function.pipeline import Classifier, top_predictions
+from function.pipeline import Classifier, Source, top_predictions
 
 
 @pytest.fixture(params=["litert", "tensorflow"])
@@ -115,3 +117,21 @@ def test_timings_name_every_phase(use_stand_in, stand_in):
     report = Classifier(load_settings()).classify_urls([stand_in.image_url("t.png")])
     assert set(report["timings_ms"]) == {"fetch", "decode", "model_load", "model_wait", "inference", "total"}
     assert report["timings_ms"]["model_load"] > 0
+
+
+def test_the_log_line_says_what_each_phase_cost_in_cpu_not_wall_time(use_stand_in, caplog):
+    """scripts/bench splits an instance's CPU by these; a wait is not CPU."""
+    photo = test_images.encode(test_images.photo_like(1600, 1200), "JPEG", quality=90)
+
+    def slow_load() -> bytes:
+        time.sleep(0.3)
+        return photo
+
+    classifier = Classifier(load_settings())
+    with caplog.at_level(logging.INFO, logger="function"):
+        report = classifier.classify([Source("slow.jpg", slow_load)])
+    (fields,) = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "classified"]
+    cpu = fields["cpu_ms"]
+    assert set(cpu) == {"fetch", "decode", "inference"}
+    assert report["timings_ms"]["fetch"] >= 300 and cpu["fetch"] < 100
+    assert cpu["decode"] > 0 and cpu["inference"] > 0

@@ -12,7 +12,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -279,35 +279,49 @@ def _read_body(response: requests.Response, settings: Settings, deadline: _Deadl
     if declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"image is {int(declared)} bytes, the limit is {limit}")
     raw = response.raw
+    if declared.isdigit() and "content-encoding" not in response.headers:
+        # The usual body in one read: its bytes land in one buffer from C, with no Python
+        # loop, chunk list or join (that cost twice the CPU at loopback speed; see
+        # docs/performance.md). Each recv still times out, and the watchdog still cuts it.
+        body = _receive(raw, settings, deadline, lambda: raw.read(int(declared), decode_content=False))
+        if len(body) < int(declared):
+            _raise_cut_short(deadline, settings, f"connection closed after {len(body)} of {declared} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
-    too_slow = f"download took longer than {settings.fetch_deadline:g} s"
-    while True:
-        remaining = deadline.remaining()
-        if remaining <= 0:
-            raise FetchTimeout(too_slow)
-        # Looked up each time: once the last byte is read urllib3 releases the connection,
-        # closing its socket when the pool is full (more downloads than pool slots).
-        sock = getattr(getattr(raw, "connection", None), "sock", None)
-        if sock is not None:  # a stalled read times out without waiting for the watchdog
-            sock.settimeout(min(settings.read_timeout, remaining))
-        try:
-            chunk = raw.read1(CHUNK_BYTES, decode_content=True)
-        except (urllib3.exceptions.ReadTimeoutError, TimeoutError, socket.timeout) as exc:
-            raise FetchTimeout(f"read timed out: {_reason(exc)}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            if deadline.expired:
-                raise FetchTimeout(too_slow) from exc
-            raise FetchFailed(f"connection broke mid-body: {_reason(exc)}") from exc
-        if not chunk:
-            if deadline.expired:  # the end of the body, or the watchdog's shutdown
-                raise FetchTimeout(too_slow)
-            break
+    while chunk := _receive(raw, settings, deadline, lambda: raw.read1(CHUNK_BYTES, decode_content=True)):
         size += len(chunk)
         if size > limit:
             raise TooLarge(f"image is larger than the limit of {limit} bytes")
         chunks.append(chunk)
+    if deadline.expired:  # the end of the body, or the watchdog's shutdown
+        raise FetchTimeout(f"download took longer than {settings.fetch_deadline:g} s")
     return b"".join(chunks)
+
+
+def _receive(raw, settings: Settings, deadline: _Deadline, read: Callable[[], bytes]) -> bytes:
+    """`read()` of the body, each recv bounded by the read timeout and the deadline."""
+    remaining = deadline.remaining()
+    if remaining <= 0:
+        raise FetchTimeout(f"download took longer than {settings.fetch_deadline:g} s")
+    # Looked up each time: once the last byte is read urllib3 releases the connection,
+    # closing its socket when the pool is full (more downloads than pool slots).
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is not None:  # a stalled read times out without waiting for the watchdog
+        sock.settimeout(min(settings.read_timeout, remaining))
+    try:
+        return read()
+    except (urllib3.exceptions.ReadTimeoutError, TimeoutError, socket.timeout) as exc:
+        raise FetchTimeout(f"read timed out: {_reason(exc)}") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        _raise_cut_short(deadline, settings, f"connection broke mid-body: {_reason(exc)}", exc)
+
+
+def _raise_cut_short(deadline: _Deadline, settings: Settings, message: str, cause: BaseException | None = None):
+    """A body that ended early: the watchdog's doing (a timeout) or the server's."""
+    if deadline.expired:
+        raise FetchTimeout(f"download took longer than {settings.fetch_deadline:g} s") from cause
+    raise FetchFailed(message) from cause
 
 
 def _reason(exc: BaseException) -> str:

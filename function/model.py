@@ -64,7 +64,10 @@ class LazyModel:
     def loaded(self) -> bool:
         return self._model is not None
 
-    def get(self) -> LoadedModel:
+    def get(self, batch_size: int = 1) -> LoadedModel:
+        """The model, loaded by the first call and readied for its `batch_size`: the first
+        call at a new, larger batch costs LiteRT tens of ms of planning and allocation,
+        which a load hidden behind the first request's downloads had better include."""
         model = self._model
         if model is not None:
             return model
@@ -75,7 +78,7 @@ class LazyModel:
             if self._last_error is not None and wait > 0:
                 raise type(self._last_error)(self._last_error.message, retry_after=wait)
             try:
-                self._model = self._load()
+                self._model = self._load(batch_size)
             except Exception as exc:  # noqa: BLE001 - any load failure is a 503, never a crash
                 self._record_failure(exc)
                 raise self._last_error from exc
@@ -83,14 +86,14 @@ class LazyModel:
             self._last_error = None
             return self._model
 
-    def _load(self) -> LoadedModel:
+    def _load(self, batch_size: int) -> LoadedModel:
         started = time.perf_counter()
         self.load_count += 1
         logger.info("loading model %s (%s runtime)", redact(self.spec.url), self._runtime)
         predict = runtime.load(self.spec, self._runtime, self._cache_dir, self._litert_threads)
         names = labels.load_labels(self.spec.labels_url)
         width, height = self.spec.input_size
-        probe = predict(np.zeros((1, height, width, 3), np.uint8), 1.0)
+        probe = predict(np.zeros((batch_size, height, width, 3), np.uint8), 1.0)
         num_classes = int(probe.shape[-1])
         missing = [i for i in range(num_classes) if i not in names]
         if missing:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -81,7 +82,7 @@ class Classifier:
         workers = max(1, min(len(sources), self.settings.fetch_workers))
         with concurrent.futures.ThreadPoolExecutor(workers + 1, thread_name_prefix="fetch") as pool:
             # The model loads (first request only) while the images download.
-            loading = None if lazy.loaded else pool.submit(_timed, lazy.get)
+            loading = None if lazy.loaded else pool.submit(_timed, functools.partial(lazy.get, len(sources)))
             items = list(pool.map(lambda s: self._prepare(s, lazy.spec), sources))
             fetched = time.perf_counter()
             if loading is not None:

@@ -76,6 +76,29 @@ def test_five_urls_make_one_model_call_and_one_load(use_stand_in, stand_in):
     assert lazy.load_count == 1
 
 
+def test_the_load_readies_the_model_for_the_first_requests_batch(use_stand_in, stand_in, monkeypatch):
+    """LiteRT's first call at a new, larger batch plans and allocates; the load, which the
+    downloads hide, makes that call instead of the request."""
+    from function import runtime
+
+    shapes = []
+    real_load = runtime.load
+
+    def recording_load(*args, **kwargs):
+        predict = real_load(*args, **kwargs)
+
+        def recorded(batch, factor):
+            shapes.append(batch.shape[0])
+            return predict(batch, factor)
+
+        return recorded
+
+    monkeypatch.setattr(runtime, "load", recording_load)
+    urls = [stand_in.image_url(f"ready-{i}.png", (30 * i, 90, 60)) for i in range(4)]
+    Classifier(load_settings()).classify_urls(urls)
+    assert shapes == [4, 4]  # the load's probe, then the request's own call
+
+
 def test_concurrent_first_requests_share_one_load(use_stand_in, stand_in):
     classifier = Classifier(load_settings())
     url = stand_in.image_url("concurrent.png", COLOURS["green"])

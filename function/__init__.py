@@ -2,6 +2,15 @@
 
 from .config import Settings, load_settings
 from .errors import ClassifierError
-from .pipeline import Classifier
 
 __all__ = ["Classifier", "ClassifierError", "Settings", "load_settings"]
+
+
+def __getattr__(name: str):
+    """`Classifier` on first use: it brings numpy, Pillow and the runtime, which the
+    command line imports only once its first downloads are under way."""
+    if name == "Classifier":
+        from .pipeline import Classifier
+
+        return Classifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,11 +20,11 @@ import flask
 
 from . import events, fetch, uploads
 from .errors import BadRequest, ClassifierError, MethodNotAllowed, ModelUnavailable, NotFound, RequestTooLarge
+from .options import MAX_TOP_K, check_top_k
 from .pipeline import Classifier
 
 logger = logging.getLogger(__name__)
 
-MAX_TOP_K = 20
 JSON = "application/json"
 HTML = "text/html"
 MULTIPART = "multipart/form-data"
@@ -78,13 +78,6 @@ def _urls(value: Any) -> tuple[str, ...]:
     if not value:
         raise BadRequest("'urls' is empty: give at least one image URL")
     return tuple(value)
-
-
-def check_top_k(value: Any) -> int:
-    """`value` if it is an int from 1 to MAX_TOP_K, else BadRequest (a ValueError)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOP_K:
-        raise BadRequest(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {value!r}")
-    return value
 
 
 def _model(value: Any) -> str | None:

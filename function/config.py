@@ -7,8 +7,10 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
+
+from .errors import UnknownModel
 
 T = TypeVar("T")
 
@@ -265,3 +267,11 @@ def default_model(settings: Settings) -> ModelSpec:
 def model_specs(settings: Settings) -> tuple[ModelSpec, ...]:
     """Every configured model, the default first."""
     return (default_model(settings), *settings.models)
+
+
+def choose_model(specs: Sequence[ModelSpec], name: str | None) -> ModelSpec:
+    """`name`'s spec (None: the default, listed first), or UnknownModel (400) naming the choices."""
+    for spec in specs:
+        if spec.name == (name or specs[0].name):
+            return spec
+    raise UnknownModel(f"no model named {name!r}; configured: {', '.join(s.name for s in specs)}")

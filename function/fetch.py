@@ -31,6 +31,7 @@ from .errors import (
     TooLarge,
     TooManyRedirects,
 )
+from .source import Source
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +226,11 @@ def _shutdown(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass  # already closed
+
+
+def url_source(session: requests.Session, url: str, settings: Settings) -> Source:
+    """`url` as a Source: downloaded by `fetch` when the pipeline loads it."""
+    return Source(url, functools.partial(fetch, session, url, settings))
 
 
 def fetch(session: requests.Session, url: str, settings: Settings,

@@ -14,22 +14,12 @@ import numpy as np
 import requests
 
 from . import fetch, images
-from .config import ModelSpec, Settings, model_specs
-from .errors import ItemError, TooManyUrls, UnknownModel
+from .config import ModelSpec, Settings, choose_model, model_specs
+from .errors import ItemError, TooManyUrls
 from .model import LazyModel, LoadedModel
+from .source import Source
 
 logger = logging.getLogger(__name__)
-
-Loader = Callable[[], bytes]  # returns an image's bytes or raises ItemError
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """One image to classify: `name` is what the caller called it (URL, path, filename)."""
-
-    name: str
-    load: Loader
-
 
 @dataclasses.dataclass
 class _Item:
@@ -60,14 +50,11 @@ class Classifier:
         self.default_model = specs[0].name
 
     def url_source(self, url: str) -> Source:
-        return Source(url, lambda: fetch.fetch(self.session, url, self.settings))
+        return fetch.url_source(self.session, url, self.settings)
 
     def model(self, name: str | None = None) -> LazyModel:
         """The named model (default: the first configured), or UnknownModel (400)."""
-        lazy = self.models.get(name or self.default_model)
-        if lazy is None:
-            raise UnknownModel(f"no model named {name!r}; configured: {', '.join(self.models)}")
-        return lazy
+        return self.models[choose_model([lazy.spec for lazy in self.models.values()], name).name]
 
     def classify_urls(self, urls: Sequence[str], top_k: int | None = None, model: str | None = None) -> dict:
         return self.classify([self.url_source(u) for u in urls], top_k, model)

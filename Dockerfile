@@ -19,11 +19,11 @@ RUN TFHUB_CACHE_DIR=/models/tfhub scripts/image/preload /opt/venv "$PRELOAD_MODE
 
 FROM ${PYTHON_IMAGE}
 # functions-framework's server settings. knative/service.yaml repeats them
-# (containerConcurrency = THREADS, timeoutSeconds >= CLOUD_RUN_TIMEOUT_SECONDS, port = PORT);
+# (containerConcurrency = WORKERS x THREADS, timeoutSeconds >= CLOUD_RUN_TIMEOUT_SECONDS, port = PORT);
 # tests/test_manifests.py fails when they disagree.
 ENV PORT=8080 \
-    WORKERS=1 \
-    THREADS=8 \
+    WORKERS=2 \
+    THREADS=4 \
     CLASSIFIER_LITERT_THREADS=1 \
     CLOUD_RUN_TIMEOUT_SECONDS=300 \
     TFHUB_CACHE_DIR=/models/tfhub \

@@ -121,7 +121,7 @@ def test_console_script_is_declared():
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["classify"] == "function.cli:main"
+    assert scripts["classify"] == "function.cli:run"
 
 
 # --- local files, directories and globs ------------------------------------------

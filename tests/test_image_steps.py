@@ -76,10 +76,10 @@ def test_final_env_sets_the_server_contract():
         for instruction, args in final_stage() if instruction == "ENV"
         for word in shlex.split(args)
     )
-    assert env["WORKERS"] == "1"
     assert env["TFHUB_CACHE_DIR"] == "/models/tfhub"
     assert env["PATH"].startswith("/opt/venv/bin:")
-    assert int(env["PORT"]) > 0 and int(env["THREADS"]) > 0 and int(env["CLOUD_RUN_TIMEOUT_SECONDS"]) > 0
+    assert int(env["PORT"]) > 0 and int(env["WORKERS"]) > 0 and int(env["THREADS"]) > 0
+    assert int(env["CLOUD_RUN_TIMEOUT_SECONDS"]) > 0 and int(env["CLASSIFIER_LITERT_THREADS"]) > 0
 
 
 def test_build_steps_are_the_tested_scripts():

@@ -146,6 +146,11 @@ class Server:
         return self
 
     @property
+    def workers(self) -> int:
+        """gunicorn workers it runs (their processes may still be starting)."""
+        return int(self._env["WORKERS"])
+
+    @property
     def pid(self) -> int:
         """The functions-framework process (the gunicorn master; its workers are children)."""
         return self._process.pid

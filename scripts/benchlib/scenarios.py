@@ -270,7 +270,7 @@ def _timed_post(session: requests.Session, base: str, urls: list[str]) -> tuple[
 def _warm_up(server: procs.Server, urls: list[str]) -> None:
     """Requests, as many at once as there are workers, until every worker has loaded its
     model (each loads on its own first request: a cold worker is no warm instance)."""
-    workers = len(server.memory()["workers"])
+    workers = server.workers
     for _ in range(WARM_UP_TRIES):
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             list(pool.map(lambda _: _post(_session(), server.base, urls), range(workers)))

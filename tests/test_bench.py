@@ -296,6 +296,10 @@ def test_settings_verdict_names_the_best_round_of_each():
     assert report.settings_verdict(full)["winner"] == "1 worker"
     full["goals"] = report.goals(full)
     assert "'1 worker' beat the shipped settings" in report.render(full)
+    # the shipped instance's rounds count towards its best throughput too
+    full["settings"]["variants"]["shipped"]["runs"].append({**full["runtimes"]["litert"]["throughput"][1],
+                                                            "concurrency": 8, "images_per_s": 100.0})
+    assert report.best_throughput(full, "litert")["images_per_s"] == 100.0
 
 
 def test_table_leads_with_the_ratios_and_splits_the_instances_cpu():

@@ -53,7 +53,11 @@ def cpu_bound_images_per_s(results: dict, runtime: str) -> float:
 
 
 def best_throughput(results: dict, runtime: str) -> dict | None:
-    rows = results["runtimes"][runtime].get("throughput", [])
+    """The best level of the instance with the Dockerfile's settings: the concurrency scan's,
+    and for litert in a full run also the shipped instance's rounds of the settings levers."""
+    rows = list(results["runtimes"][runtime].get("throughput", []))
+    if runtime == "litert" and "settings" in results:
+        rows += results["settings"]["variants"]["shipped"]["runs"]
     return max(rows, key=lambda row: row["images_per_s"], default=None)
 
 

@@ -292,10 +292,17 @@ def test_settings_verdict_names_the_best_round_of_each():
         "1 worker": {"settings": {"WORKERS": "1"}, "runs": [row(90.0), row(70.0)]}}}
     verdict = report.settings_verdict(full)
     assert verdict["shipped_best"] and verdict["best"]["1 worker"]["images_per_s"] == 90.0
-    full["settings"]["variants"]["1 worker"]["runs"].append(row(99.0))
-    assert report.settings_verdict(full)["winner"] == "1 worker"
+    full["settings"]["variants"]["1 worker"]["runs"].append(row(97.0))
+    verdict = report.settings_verdict(full)
+    assert verdict["winner"] == "1 worker" and verdict["lead"] == pytest.approx(1 - 95 / 97)
     full["goals"] = report.goals(full)
-    assert "'1 worker' beat the shipped settings" in report.render(full)
+    # 2 % ahead, while the shipped settings' own rounds ranged from 80 to 95: no winner
+    assert "led the shipped settings by 2.1%, within one variant's own spread between rounds (27.8%)" \
+        in report.render(full)
+    full["settings"]["variants"]["1 worker"]["runs"] = [row(120.0), row(118.0)]
+    full["settings"]["variants"]["shipped"]["runs"] = [row(94.0), row(95.0)]
+    full["goals"] = report.goals(full)
+    assert "'1 worker' beat the shipped settings by 20.8%" in report.render(full)
     # the shipped instance's rounds count towards its best throughput too
     full["settings"]["variants"]["shipped"]["runs"].append({**full["runtimes"]["litert"]["throughput"][1],
                                                             "concurrency": 8, "images_per_s": 100.0})

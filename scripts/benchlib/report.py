@@ -127,11 +127,15 @@ def runtime_decision(results: dict) -> dict:
 
 
 def settings_verdict(results: dict) -> dict:
-    """Each settings variant's best round (images/s), and whether the shipped ones did best."""
+    """Each settings variant's best round (images/s), and whether the shipped ones did best:
+    a lead smaller than the largest spread between one variant's own rounds is no lead."""
     settings = results["settings"]
+    rates = {name: [row["images_per_s"] for row in v["runs"]] for name, v in settings["variants"].items()}
     best = {name: max(v["runs"], key=lambda row: row["images_per_s"]) for name, v in settings["variants"].items()}
     winner = max(best, key=lambda name: best[name]["images_per_s"])
-    return {"best": best, "winner": winner, "shipped_best": winner == "shipped",
+    lead = 1 - max(rates["shipped"]) / max(rates[winner])
+    spread = max(1 - min(r) / max(r) for r in rates.values())
+    return {"best": best, "winner": winner, "shipped_best": winner == "shipped", "lead": lead, "spread": spread,
             "too_busy": settings["others_cpu_share"] > BUSY_SHARE, "others_cpu_share": settings["others_cpu_share"]}
 
 
@@ -209,8 +213,11 @@ def _settings_lines(results: dict) -> list[str]:
         conclusion = f"machine too busy to decide ({_busy(verdict['others_cpu_share'])})"
     elif verdict["shipped_best"]:
         conclusion = "the shipped settings did best"
+    elif verdict["lead"] < verdict["spread"]:
+        conclusion = (f"'{verdict['winner']}' led the shipped settings by {verdict['lead']:.1%}, within one variant's "
+                      f"own spread between rounds ({verdict['spread']:.1%}): no clear winner")
     else:
-        conclusion = f"'{verdict['winner']}' beat the shipped settings"
+        conclusion = f"'{verdict['winner']}' beat the shipped settings by {verdict['lead']:.1%}"
     lines = [f"SETTINGS: best of {len(next(iter(settings['variants'].values()))['runs'])} interleaved rounds "
              f"at {settings['concurrency']} clients -> {conclusion}"]
     for name, row in verdict["best"].items():

@@ -22,9 +22,9 @@ FROM ${PYTHON_IMAGE}
 # (containerConcurrency = WORKERS x THREADS, timeoutSeconds >= CLOUD_RUN_TIMEOUT_SECONDS, port = PORT);
 # tests/test_manifests.py fails when they disagree.
 ENV PORT=8080 \
-    WORKERS=2 \
-    THREADS=4 \
-    CLASSIFIER_LITERT_THREADS=1 \
+    WORKERS=1 \
+    THREADS=8 \
+    CLASSIFIER_LITERT_THREADS=2 \
     CLOUD_RUN_TIMEOUT_SECONDS=300 \
     TFHUB_CACHE_DIR=/models/tfhub \
     PATH=/opt/venv/bin:$PATH \

@@ -319,9 +319,11 @@ def test_table_leads_with_the_ratios_and_splits_the_instances_cpu():
     assert table.index("RATIOS") < table.index("SCENARIOS") < table.index("LEVERS")
     assert "keep litert as the default" in table
     assert "instance (the Dockerfile's): WORKERS=2 THREADS=4 CLASSIFIER_LITERT_THREADS=1" in table
-    assert ("instance 20.0 = fetch/read 1.5 + decode 12.5 + inference 5.0 + HTTP, JSON and the rest 1.0; "
+    assert ("instance 20.0 = fetch/read 1.5 + decode 12.5 + inference 5.0 + HTTP, JSON, and the rest 1.0; "
             "bench clients + image server 1.0; other processes 0.5; idle (locks and waiting) 2.0") in table
     assert "master 60 MB, workers 200, 195 MB (sum 455 MB)" in table
+    full["meta"]["server"]["CLASSIFIER_LITERT_THREADS"] = "2"  # the caller's thread is the phase's
+    assert "+ HTTP, JSON, the model's other threads, and the rest 1.0" in report.render(full)
     assert "after the first warm request 120 MB, after the last 121 MB" in table
     assert re.search(r"no draft, BILINEAR +40\.0 +50\.0 +mean +45\.0 +top-3 same", table)
 

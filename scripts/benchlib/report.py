@@ -311,14 +311,19 @@ def _throughput_lines(results: dict, runtime: str) -> list[str]:
     cpu, phases = best["cpu_ms_per_image"], best["server_phases_cpu_ms_per_image"]
     rest = cpu["server"] - sum(phases.values())
     budget = sum(cpu.values())
+    # A phase's CPU is its own thread's: the model's other threads (LiteRT's beyond the first,
+    # TensorFlow's pools) land in the rest.
+    one_thread = runtime == "litert" and results["meta"]["server"].get("CLASSIFIER_LITERT_THREADS") == "1"
+    helpers = "" if one_thread else "the model's other threads, "
+    where = "" if best in entry["throughput"] else " in the settings rounds"
     return [
         f"  (4) throughput, images/s: CPU bound {cpu_bound_images_per_s(results, runtime):.1f} "
         f"({results['meta']['cpus']} CPUs / (decode {decode_cpu_ms(results):.1f} + inference "
         f"{inference_cpu_ms(results, runtime):.1f} ms of CPU per image)); "
         + ", ".join(f"c={row['concurrency']} {row['images_per_s']:.1f}" for row in entry["throughput"]),
-        f"        CPU per image at c={best['concurrency']} ({results['meta']['cpus']} CPUs x wall time = "
-        f"{budget:.1f} ms): instance {cpu['server']:.1f} = fetch/read {phases['fetch']:.1f} + decode "
-        f"{phases['decode']:.1f} + inference {phases['inference']:.1f} + HTTP, JSON and the rest {rest:.1f}; "
+        f"        CPU per image at the best level, c={best['concurrency']}{where}, {best['images_per_s']:.1f} images/s "
+        f"({results['meta']['cpus']} CPUs x wall time = {budget:.1f} ms): instance {cpu['server']:.1f} = fetch/read {phases['fetch']:.1f} + decode "
+        f"{phases['decode']:.1f} + inference {phases['inference']:.1f} + HTTP, JSON, {helpers}and the rest {rest:.1f}; "
         f"bench clients + image server {cpu['bench']:.1f}; other processes {cpu['others']:.1f}; "
         f"idle (locks and waiting) {cpu['idle']:.1f}",
     ]

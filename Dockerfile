@@ -58,12 +58,13 @@ RUN scripts/image/tflite-only /models/tfhub /lean-models/tfhub
 # --- what both images run: the server contract, the app, its user ------------------------
 FROM ${PYTHON_IMAGE} AS app
 # functions-framework's server settings. knative/service.yaml repeats them
-# (containerConcurrency = THREADS, timeoutSeconds >= CLOUD_RUN_TIMEOUT_SECONDS, port = PORT);
+# (containerConcurrency = WORKERS x THREADS, timeoutSeconds >= CLOUD_RUN_TIMEOUT_SECONDS, port = PORT);
 # tests/test_manifests.py fails when they disagree. XDG_RUNTIME_DIR: gunicorn's control
 # socket goes to /tmp (an emptyDir in the Service), not to the read-only root filesystem.
 ENV PORT=8080 \
     WORKERS=1 \
     THREADS=8 \
+    CLASSIFIER_LITERT_THREADS=2 \
     CLOUD_RUN_TIMEOUT_SECONDS=300 \
     TFHUB_CACHE_DIR=/models/tfhub \
     PATH=/opt/venv/bin:$PATH \

@@ -7,9 +7,9 @@ __all__ = ["Classifier", "ClassifierError", "Settings", "load_settings"]
 
 
 def __getattr__(name: str):
-    """`Classifier` on first use: importing the package (a server's master preparing the
-    metrics directory, see metrics_dir.py) must not import the pipeline, and with it
-    prometheus_client, before it is time."""
+    """`Classifier` on first use: it brings numpy, Pillow, the runtime and prometheus_client,
+    which a server's master must not import before it prepares the metrics directory
+    (metrics_dir.py), nor the command line before its first downloads are under way."""
     if name == "Classifier":
         from .pipeline import Classifier
 

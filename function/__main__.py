@@ -1,7 +1,5 @@
 """`python -m function URL...`"""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

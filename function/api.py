@@ -30,12 +30,12 @@ from .errors import (
     RequestTooLarge,
     Unauthenticated,
 )
+from .options import MAX_TOP_K, check_top_k
 from .pipeline import Classifier
 from .redaction import redact
 
 logger = logging.getLogger(__name__)
 
-MAX_TOP_K = 20
 ROUTES = frozenset({"/", "/healthz", "/models", "/openapi.json", metrics.PATH})
 JSON = "application/json"
 HTML = "text/html"
@@ -92,13 +92,6 @@ def _urls(value: Any) -> tuple[str, ...]:
     if not value:
         raise BadRequest("'urls' is empty: give at least one image URL")
     return tuple(value)
-
-
-def check_top_k(value: Any) -> int:
-    """`value` if it is an int from 1 to MAX_TOP_K, else BadRequest (a ValueError)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOP_K:
-        raise BadRequest(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {value!r}")
-    return value
 
 
 def _model(value: Any) -> str | None:

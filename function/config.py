@@ -7,11 +7,13 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from .redaction import scrub
+
+from .errors import UnknownModel
 
 T = TypeVar("T")
 
@@ -35,6 +37,13 @@ def _flag(raw: str) -> bool:
     if value in ("0", "false", "no", "off", ""):
         return False
     raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _non_negative(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
 
 
 def _positive(cast: Callable[[str], T]) -> Callable[[str], T]:
@@ -188,6 +197,9 @@ class Settings:
     model_url: str = DEFAULT_MODEL_URL
     labels_url: str = DEFAULT_LABELS_URL
     runtime: str = "litert"
+    # LiteRT threads per model call; 0: os.cpu_count(), which in a container is the node's
+    # CPUs, not its quota, so the image sets it (docs/performance.md)
+    litert_threads: int = 0
     # tensorflow_hub's own default, so both agree without importing it
     cache_dir: str = os.path.join(tempfile.gettempdir(), "tfhub_modules")
     top_k: int = 3
@@ -248,6 +260,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CLASSIFIER_MODEL_URL": ("model_url", str.strip),
     "CLASSIFIER_LABELS_URL": ("labels_url", str.strip),
     "CLASSIFIER_RUNTIME": ("runtime", _choice(RUNTIMES)),
+    "CLASSIFIER_LITERT_THREADS": ("litert_threads", _non_negative),
     "TFHUB_CACHE_DIR": ("cache_dir", str.strip),
     "CLASSIFIER_TOP_K": ("top_k", _positive(int)),
     "CLASSIFIER_MAX_URLS": ("max_urls", _positive(int)),
@@ -371,3 +384,11 @@ def default_model(settings: Settings) -> ModelSpec:
 def model_specs(settings: Settings) -> tuple[ModelSpec, ...]:
     """Every configured model, the default first."""
     return (default_model(settings), *settings.models)
+
+
+def choose_model(specs: Sequence[ModelSpec], name: str | None) -> ModelSpec:
+    """`name`'s spec (None: the default, listed first), or UnknownModel (400) naming the choices."""
+    for spec in specs:
+        if spec.name == (name or specs[0].name):
+            return spec
+    raise UnknownModel(f"no model named {name!r}; configured: {', '.join(s.name for s in specs)}")

@@ -29,7 +29,8 @@ from cloudevents.http import CloudEvent, from_http
 from . import buckets, event_auth, fetch, request_context, storage_auth
 from .config import Settings
 from .errors import BadRequest, InvalidUrl, ItemError, StorageUnavailable, TooLarge, UnsupportedEvent
-from .pipeline import Classifier, Source
+from .pipeline import Classifier
+from .source import Source
 
 logger = logging.getLogger(__name__)
 

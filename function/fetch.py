@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urljoin
 
 import requests
@@ -31,6 +31,7 @@ from .errors import (
     TooLarge,
     TooManyRedirects,
 )
+from .source import Source
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +207,11 @@ def _shutdown(sock: socket.socket) -> None:
         pass  # already closed
 
 
+def url_source(session: requests.Session, url: str, settings: Settings) -> Source:
+    """`url` as a Source: downloaded by `fetch` when the pipeline loads it."""
+    return Source(url, functools.partial(fetch, session, url, settings))
+
+
 def fetch(session: requests.Session, url: str, settings: Settings,
           headers: Mapping[str, str] | None = None) -> bytes:
     """The body of `url`, or an ItemError saying why not.
@@ -257,52 +263,38 @@ def _read_body(response: requests.Response, settings: Settings, deadline: _Deadl
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"image is {int(declared)} bytes, the limit is {limit}")
+    raw = response.raw
+    # The size in memory is known up front only for a declared length without content coding
+    # (a gzip of one megabyte may inflate to a gigabyte; it is cut at the limit).
+    known = declared.isdigit() and response.headers.get("content-encoding", "identity").strip().lower() == "identity"
     lease = budget.current_lease()
     if lease is not None:
-        _reserve(lease, response, settings, deadline)
-    raw = response.raw
+        _reserve(lease, int(declared) if known else limit, settings, deadline)
+    if known:
+        # The usual body in one read: its bytes land in one buffer from C, with no Python
+        # loop, chunk list or join (that cost twice the CPU at loopback speed; see
+        # docs/performance.md). Each recv still times out, and the watchdog still cuts it.
+        body = _receive(raw, settings, deadline, lambda: raw.read(int(declared), decode_content=False))
+        if len(body) < int(declared):
+            _raise_cut_short(deadline, settings, f"connection closed after {len(body)} of {declared} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
-    too_slow = f"download took longer than {settings.fetch_deadline:g} s"
-    while True:
-        remaining = deadline.remaining()
-        if remaining <= 0:
-            raise FetchTimeout(too_slow)
-        # Looked up each time: once the last byte is read urllib3 releases the connection,
-        # closing its socket when the pool is full (more downloads than pool slots).
-        sock = getattr(getattr(raw, "connection", None), "sock", None)
-        if sock is not None:  # a stalled read times out without waiting for the watchdog
-            sock.settimeout(min(settings.read_timeout, remaining))
-        try:
-            chunk = raw.read1(CHUNK_BYTES, decode_content=True)
-        except (urllib3.exceptions.ReadTimeoutError, TimeoutError, socket.timeout) as exc:
-            raise FetchTimeout(f"read timed out: {_reason(exc)}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            if deadline.expired:
-                raise FetchTimeout(too_slow) from exc
-            raise FetchFailed(f"connection broke mid-body: {_reason(exc)}") from exc
-        if not chunk:
-            if deadline.expired:  # the end of the body, or the watchdog's shutdown
-                raise FetchTimeout(too_slow)
-            break
+    while chunk := _receive(raw, settings, deadline, lambda: raw.read1(CHUNK_BYTES, decode_content=True)):
         size += len(chunk)
         if size > limit:
             raise TooLarge(f"image is larger than the limit of {limit} bytes")
         chunks.append(chunk)
+    if deadline.expired:  # the end of the body, or the watchdog's shutdown
+        raise FetchTimeout(f"download took longer than {settings.fetch_deadline:g} s")
     if lease is not None:
         lease.shrink(size)  # what an unknown length reserved beyond the body goes back at once
     return b"".join(chunks)
 
 
-def _reserve(lease: budget.Lease, response: requests.Response, settings: Settings,
-             deadline: _Deadline) -> None:
-    """Hold the body's bytes in the process-wide download budget before reading it: its
-    `Content-Length` when that is the size in memory, else the most it may be (a gzip of
-    one megabyte may inflate to a gigabyte; it is cut at the limit). Waits within the
-    download's deadline; the lease is released once the image is decoded."""
-    declared = response.headers.get("content-length", "")
-    encoded = response.headers.get("content-encoding", "identity").strip().lower() != "identity"
-    need = int(declared) if declared.isdigit() and not encoded else settings.max_image_bytes
+def _reserve(lease: budget.Lease, need: int, settings: Settings, deadline: _Deadline) -> None:
+    """Hold the body's bytes in the process-wide download budget before reading it, waiting
+    within the download's deadline; the lease is released once the image is decoded."""
     try:
         lease.reserve(need, deadline.remaining())
     except TimeoutError:
@@ -310,6 +302,31 @@ def _reserve(lease: budget.Lease, response: requests.Response, settings: Setting
             f"too many downloads in progress: {need} bytes could not be held within "
             f"{settings.fetch_deadline:g} s (budget {lease.budget.capacity} bytes); try again later"
         ) from None
+
+
+def _receive(raw, settings: Settings, deadline: _Deadline, read: Callable[[], bytes]) -> bytes:
+    """`read()` of the body, each recv bounded by the read timeout and the deadline."""
+    remaining = deadline.remaining()
+    if remaining <= 0:
+        raise FetchTimeout(f"download took longer than {settings.fetch_deadline:g} s")
+    # Looked up each time: once the last byte is read urllib3 releases the connection,
+    # closing its socket when the pool is full (more downloads than pool slots).
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is not None:  # a stalled read times out without waiting for the watchdog
+        sock.settimeout(min(settings.read_timeout, remaining))
+    try:
+        return read()
+    except (urllib3.exceptions.ReadTimeoutError, TimeoutError, socket.timeout) as exc:
+        raise FetchTimeout(f"read timed out: {_reason(exc)}") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        _raise_cut_short(deadline, settings, f"connection broke mid-body: {_reason(exc)}", exc)
+
+
+def _raise_cut_short(deadline: _Deadline, settings: Settings, message: str, cause: BaseException | None = None):
+    """A body that ended early: the watchdog's doing (a timeout) or the server's."""
+    if deadline.expired:
+        raise FetchTimeout(f"download took longer than {settings.fetch_deadline:g} s") from cause
+    raise FetchFailed(message) from cause
 
 
 def _reason(exc: BaseException) -> str:

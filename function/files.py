@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterator
 
 from .errors import FileUnreadable, ItemError, TooLarge
-from .pipeline import Source
+from .source import Source
 
 # What directories and globs yield unless --match says otherwise.
 IMAGE_FILES = r"(?i)\.(jpe?g|png|gif|webp|bmp|tiff?)$"

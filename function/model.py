@@ -36,8 +36,7 @@ class LoadedModel:
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """One model call for the whole batch of uint8 images; softmax for logit models."""
-        inputs = batch.astype(np.float32) * (self.spec.input_scale / 255.0)
-        outputs = self.predict(inputs)
+        outputs = self.predict(batch, self.spec.input_scale / 255.0)
         if self.spec.output == "logits":
             shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
             outputs = shifted / shifted.sum(axis=1, keepdims=True)
@@ -47,9 +46,11 @@ class LoadedModel:
 class LazyModel:
     """Loads `spec` on the first `get()`, once; later calls return the same model."""
 
-    def __init__(self, spec: ModelSpec, runtime_name: str, cache_dir: str, retry_seconds: float):
+    def __init__(self, spec: ModelSpec, runtime_name: str, cache_dir: str, retry_seconds: float,
+                 litert_threads: int = 0):
         self.spec = spec
         self._runtime = runtime_name
+        self._litert_threads = litert_threads
         self._cache_dir = cache_dir
         self._retry_seconds = retry_seconds
         self._lock = threading.Lock()
@@ -63,7 +64,10 @@ class LazyModel:
     def loaded(self) -> bool:
         return self._model is not None
 
-    def get(self) -> LoadedModel:
+    def get(self, batch_size: int = 1) -> LoadedModel:
+        """The model, loaded by the first call and readied for its `batch_size`: the first
+        call at a new, larger batch costs LiteRT tens of ms of planning and allocation,
+        which a load hidden behind the first request's downloads had better include."""
         model = self._model
         if model is not None:
             return model
@@ -76,7 +80,7 @@ class LazyModel:
             runs_on = runtime.effective(self.spec, self._runtime)
             try:
                 with tracing.span("model_load", {"classifier.model": self.spec.name, "classifier.runtime": runs_on}):
-                    self._model = self._load()
+                    self._model = self._load(batch_size)
             except Exception as exc:  # noqa: BLE001 - any load failure is a 503, never a crash
                 metrics.MODEL_LOADS.labels(self.spec.name, "error").inc()
                 self._record_failure(exc)
@@ -87,14 +91,14 @@ class LazyModel:
             self._last_error = None
             return self._model
 
-    def _load(self) -> LoadedModel:
+    def _load(self, batch_size: int) -> LoadedModel:
         started = time.perf_counter()
         self.load_count += 1
         logger.info("loading model %s (%s runtime)", redact(self.spec.url), self._runtime)
-        predict = runtime.load(self.spec, self._runtime, self._cache_dir)
+        predict = runtime.load(self.spec, self._runtime, self._cache_dir, self._litert_threads)
         names = labels.load_labels(self.spec.labels_url)
         width, height = self.spec.input_size
-        probe = predict(np.zeros((1, height, width, 3), np.float32))
+        probe = predict(np.zeros((batch_size, height, width, 3), np.uint8), 1.0)
         num_classes = int(probe.shape[-1])
         missing = [i for i in range(num_classes) if i not in names]
         if missing:

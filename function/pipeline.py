@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -14,23 +15,13 @@ import requests
 
 from . import fetch, images, memory, metrics, request_context, tracing
 from .budget import Budget
-from .config import ModelSpec, Settings, inflight_bytes, model_specs
-from .errors import ItemError, TooManyUrls, UnknownModel
+from .config import ModelSpec, Settings, choose_model, inflight_bytes, model_specs
+from .errors import ItemError, TooManyUrls
 from .model import LazyModel, LoadedModel
 from .redaction import redact
+from .source import Source
 
 logger = logging.getLogger(__name__)
-
-Loader = Callable[[], bytes]  # returns an image's bytes or raises ItemError
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """One image to classify: `name` is what the caller called it (URL, path, filename)."""
-
-    name: str
-    load: Loader
-
 
 @dataclasses.dataclass
 class _Item:
@@ -41,6 +32,8 @@ class _Item:
     error: dict[str, str] | None = None
     fetch_seconds: float = 0.0
     decode_seconds: float = 0.0
+    fetch_cpu: float = 0.0  # this thread's CPU seconds: what a phase costs the instance
+    decode_cpu: float = 0.0
 
 
 class Classifier:
@@ -57,20 +50,18 @@ class Classifier:
         self._idle_trim = memory.IdleTrim()
         specs = list(models or model_specs(settings))
         self.models = {
-            spec.name: LazyModel(spec, settings.runtime, settings.cache_dir, settings.model_retry_seconds)
+            spec.name: LazyModel(spec, settings.runtime, settings.cache_dir, settings.model_retry_seconds,
+                                 settings.litert_threads)
             for spec in specs
         }
         self.default_model = specs[0].name
 
     def url_source(self, url: str) -> Source:
-        return Source(url, lambda: fetch.fetch(self.session, url, self.settings))
+        return fetch.url_source(self.session, url, self.settings)
 
     def model(self, name: str | None = None) -> LazyModel:
         """The named model (default: the first configured), or UnknownModel (400)."""
-        lazy = self.models.get(name or self.default_model)
-        if lazy is None:
-            raise UnknownModel(f"no model named {name!r}; configured: {', '.join(self.models)}")
-        return lazy
+        return self.models[choose_model([lazy.spec for lazy in self.models.values()], name).name]
 
     def classify_urls(self, urls: Sequence[str], top_k: int | None = None, model: str | None = None) -> dict:
         """A URL given twice is one source: fetched and decoded once, answered at both places."""
@@ -93,7 +84,8 @@ class Classifier:
         with concurrent.futures.ThreadPoolExecutor(workers + 1, thread_name_prefix="fetch") as pool:
             # The model loads (first request only) while the images download, both in the
             # request's context: their log lines and spans stay the request's.
-            loading = None if lazy.loaded else pool.submit(request_context.carry(_timed), lazy.get)
+            loading = None if lazy.loaded else pool.submit(
+                request_context.carry(_timed), functools.partial(lazy.get, len(unique)))
             prepared = list(pool.map(request_context.carry(lambda s: self._prepare(s, lazy.spec)), unique))
             fetched = time.perf_counter()
             if loading is not None:
@@ -101,10 +93,12 @@ class Classifier:
             else:
                 loaded, load_seconds = lazy.get(), 0.0
         waited = time.perf_counter() - fetched
-        inference_started = time.perf_counter()
+        inference_started, inference_cpu = time.perf_counter(), time.thread_time()
         with tracing.span("inference", {"classifier.model": lazy.spec.name, "classifier.images": len(prepared)}):
             results = self._predict(prepared, [places[s] for s in sources], loaded, top_k)
         inference = time.perf_counter() - inference_started
+        cpu_ms = {"fetch": sum(i.fetch_cpu for i in prepared), "decode": sum(i.decode_cpu for i in prepared),
+                  "inference": time.thread_time() - inference_cpu}
         timings = {
             "fetch": max((i.fetch_seconds for i in prepared), default=0.0),
             "decode": sum(i.decode_seconds for i in prepared),
@@ -124,7 +118,8 @@ class Classifier:
             extra={"fields": {"event": "classified", "model": lazy.spec.name, "count": len(results),
                               "ok": len(results) - failed, "failed": failed,
                               "errors": sorted({r["error"]["code"] for r in results if "error" in r}),
-                              "timings_ms": timings_ms}},
+                              "timings_ms": timings_ms,
+                              "cpu_ms": {k: round(v * 1000, 2) for k, v in cpu_ms.items()}}},
         )
         return {"model": redact(lazy.spec.url), "results": results, "timings_ms": timings_ms}
 
@@ -137,13 +132,13 @@ class Classifier:
             with self.download_budget.lease():
                 with metrics.stage("fetch") as fetched, tracing.span("fetch", {"url.full": shown}):
                     data = source.load()
-                item.fetch_seconds = fetched.seconds
+                item.fetch_seconds, item.fetch_cpu = fetched.seconds, fetched.cpu_seconds
                 with metrics.stage("decode") as decoded, tracing.span("decode"):
                     item.pixels = images.decode(
                         data, spec.input_size, self.settings.max_image_pixels, self.settings.allowed_formats,
                         self.decode_budget,
                     )
-                item.decode_seconds = decoded.seconds
+                item.decode_seconds, item.decode_cpu = decoded.seconds, decoded.cpu_seconds
             logger.debug("%s: fetched in %.1f ms, decoded in %.1f ms", shown, fetched.seconds * 1000,
                          decoded.seconds * 1000, extra={"fields": {"event": "image", "image": shown, "outcome": "ok"}})
         except ItemError as exc:

@@ -15,7 +15,7 @@ from werkzeug.formparser import FormDataParser
 
 from .config import Settings
 from .errors import BadRequest, TooLarge, TooManyUrls
-from .pipeline import Source
+from .source import Source
 
 FIELD = "image"  # curl -F image=@robin.jpg -F image=@crow.png
 DEFAULT_NAME = "upload"  # a raw body without ?name=, or a part without a filename

@@ -89,11 +89,39 @@ def test_bad_configuration_exits_2(stand_in):
     assert "CLASSIFIER_TOP_K" in done.stderr
 
 
+# Run as the CLI, reporting which download threads are running when each heavy module's
+# import begins (the "import" audit event fires before the module's code runs).
+IMPORT_ORDER = """
+import sys, threading
+HEAVY = {"numpy", "PIL", "ai_edge_litert", "tqdm", "flask"}
+def hook(event, args):
+    if event == "import" and args[0] in HEAVY:
+        early = [t.name for t in threading.enumerate() if t.name.startswith("early")]
+        sys.__stderr__.write(f"HEAVY {args[0]} {len(early)}\\n")
+sys.addaudithook(hook)
+from function.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_downloads_are_under_way_before_numpy_pillow_or_the_runtime_is_imported(stand_in, warm_cache):
+    urls = [stand_in.image_url(f"cli-early-{i}.png", (250, 5, 5), latency=0.3) for i in range(2)]
+    done = subprocess.run([sys.executable, "-c", IMPORT_ORDER, "--json", *urls], cwd=ROOT,
+                          env=python_env(stand_in.env()), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    heavy = dict(line.split()[1:] for line in done.stderr.splitlines() if line.startswith("HEAVY "))
+    assert {"numpy", "PIL", "ai_edge_litert", "tqdm"} <= set(heavy) and "flask" not in heavy
+    assert all(int(downloading) == len(urls) for downloading in heavy.values()), heavy
+    assert all(stand_in.server.hits[url.split(str(stand_in.server.port))[1]] == 1 for url in urls)
+    assert [json.loads(line)["predictions"][0]["label"] for line in done.stdout.splitlines()] == \
+        ["Erithacus rubecula"] * 2
+
+
 def test_console_script_is_declared():
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["classify"] == "function.cli:main"
+    assert scripts["classify"] == "function.cli:run"
 
 
 # --- local files, directories and globs ------------------------------------------

@@ -81,3 +81,10 @@ def test_a_configuration_error_quotes_the_value_without_its_secrets(key, raw):
     assert str(error.value).startswith(f"{key}=")
     assert "b.example/f.tflite" in str(error.value) or "x.example" in str(error.value)
     assert "SECRET" not in str(error.value)
+
+
+def test_litert_threads_default_to_one_per_cpu_and_refuse_negatives():
+    assert load_settings({}).litert_threads == 0  # runtime.load: os.cpu_count()
+    assert load_settings({"CLASSIFIER_LITERT_THREADS": "1"}).litert_threads == 1
+    with pytest.raises(ConfigError, match="CLASSIFIER_LITERT_THREADS='-1': must be 0 or more"):
+        load_settings({"CLASSIFIER_LITERT_THREADS": "-1"})

@@ -107,6 +107,14 @@ def test_reset_mid_body_is_fetch_failed(server):
     assert fetch_error(url).code == "fetch_failed"
 
 
+def test_body_shorter_than_its_declared_length_is_fetch_failed(server):
+    body = b"\x89PNG" + b"x" * 200_000
+    url = server.add("/short.png", body, headers={"Content-Length": str(len(body) + 1000), "Connection": "close"})
+    error = fetch_error(url)
+    assert error.code == "fetch_failed"
+    assert f"{len(body)} of {len(body) + 1000} bytes" in error.message
+
+
 # --- size ----------------------------------------------------------------------------
 
 

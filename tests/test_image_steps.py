@@ -120,6 +120,7 @@ def test_final_env_sets_the_server_contract():
     assert env["PATH"].startswith("/opt/venv/bin:")
     assert env["XDG_RUNTIME_DIR"] == "/tmp", "gunicorn's control socket on the emptyDir, not the read-only root"
     assert int(env["PORT"]) > 0 and int(env["THREADS"]) > 0 and int(env["CLOUD_RUN_TIMEOUT_SECONDS"]) > 0
+    assert int(env["CLASSIFIER_LITERT_THREADS"]) > 0
 
 
 def test_build_steps_are_the_tested_scripts():

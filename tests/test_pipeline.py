@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import logging
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -65,9 +67,9 @@ def test_five_urls_make_one_model_call_and_one_load(use_stand_in, stand_in):
     calls = []
     original = loaded.predict
 
-    def counting(batch):
+    def counting(batch, factor):
         calls.append(batch.shape)
-        return original(batch)
+        return original(batch, factor)
 
     object.__setattr__(loaded, "predict", counting)
     urls = [stand_in.image_url(f"five-{i}.png", (40 * i, 100, 50)) for i in range(5)]
@@ -75,6 +77,29 @@ def test_five_urls_make_one_model_call_and_one_load(use_stand_in, stand_in):
     classifier.classify_urls(urls)
     assert calls == [(5, 224, 224, 3), (5, 224, 224, 3)]
     assert lazy.load_count == 1
+
+
+def test_the_load_readies_the_model_for_the_first_requests_batch(use_stand_in, stand_in, monkeypatch):
+    """LiteRT's first call at a new, larger batch plans and allocates; the load, which the
+    downloads hide, makes that call instead of the request."""
+    from function import runtime
+
+    shapes = []
+    real_load = runtime.load
+
+    def recording_load(*args, **kwargs):
+        predict = real_load(*args, **kwargs)
+
+        def recorded(batch, factor):
+            shapes.append(batch.shape[0])
+            return predict(batch, factor)
+
+        return recorded
+
+    monkeypatch.setattr(runtime, "load", recording_load)
+    urls = [stand_in.image_url(f"ready-{i}.png", (30 * i, 90, 60)) for i in range(4)]
+    Classifier(load_settings()).classify_urls(urls)
+    assert shapes == [4, 4]  # the load's probe, then the request's own call
 
 
 def test_concurrent_first_requests_share_one_load(use_stand_in, stand_in):
@@ -157,3 +182,21 @@ def test_a_failed_image_leaves_nothing_alive_behind_it(use_stand_in, stand_in):
         assert held[0]() is None
     finally:
         gc.enable()
+
+
+def test_the_log_line_says_what_each_phase_cost_in_cpu_not_wall_time(use_stand_in, caplog):
+    """scripts/bench splits an instance's CPU by these; a wait is not CPU."""
+    photo = test_images.encode(test_images.photo_like(1600, 1200), "JPEG", quality=90)
+
+    def slow_load() -> bytes:
+        time.sleep(0.3)
+        return photo
+
+    classifier = Classifier(load_settings())
+    with caplog.at_level(logging.INFO, logger="function"):
+        report = classifier.classify([Source("slow.jpg", slow_load)])
+    (fields,) = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "classified"]
+    cpu = fields["cpu_ms"]
+    assert set(cpu) == {"fetch", "decode", "inference"}
+    assert report["timings_ms"]["fetch"] >= 300 and cpu["fetch"] < 100
+    assert cpu["decode"] > 0 and cpu["inference"] > 0

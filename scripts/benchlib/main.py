@@ -4,6 +4,7 @@ on stdout and the full results as JSON (see docs/performance.md)."""
 from __future__ import annotations
 
 import argparse
+import compileall
 import dataclasses
 import datetime
 import json
@@ -24,25 +25,38 @@ class Plan:
 
     name: str
     cli_rounds: int
+    cold_start_rounds: int
     warm_repeats: int
     concurrencies: tuple[int, ...]
     inference_repeats: int
     batches: tuple[int, ...]
-    # full: the tensorflow reference gets every scenario and the thread levers run;
-    # quick: tensorflow gets what the default-runtime decision needs (agreement, cold
-    # start, warm latency), not the cold CLI runs or throughput.
+    # full: tensorflow gets every scenario, and other server settings are measured against
+    # the shipped ones; quick: tensorflow gets what the default-runtime decision needs
+    # (agreement, cold start, warm latency), not the cold CLI runs or throughput.
     full: bool
 
 
-QUICK = Plan("quick", cli_rounds=2, warm_repeats=3, concurrencies=(1, 4), inference_repeats=5,
-             batches=(1, 5), full=False)
-FULL = Plan("full", cli_rounds=5, warm_repeats=10, concurrencies=(1, 2, 4, 8, 32), inference_repeats=20,
-            batches=(1, 5, 10, 20), full=True)
+QUICK = Plan("quick", cli_rounds=3, cold_start_rounds=2, warm_repeats=5, concurrencies=(2, 8),
+             inference_repeats=10, batches=(1, 5), full=False)
+FULL = Plan("full", cli_rounds=5, cold_start_rounds=3, warm_repeats=10, concurrencies=(1, 2, 4, 8, 16, 32),
+            inference_repeats=20, batches=(1, 5, 10), full=True)
+
+# Server settings measured against the Dockerfile's in a full run (at the concurrency where
+# the shipped instance did best): the first round's (on 2 CPUs the same as the shipped ones
+# but for how the thread count is found: a gauge of the rounds' noise), one LiteRT thread,
+# and two workers with one LiteRT thread each (two model calls at once, twice the memory).
+SETTINGS = {
+    "1 worker x 8 threads, LiteRT 1 thread per CPU (first round)":
+        {"WORKERS": "1", "THREADS": "8", "CLASSIFIER_LITERT_THREADS": "0"},
+    "1 worker x 8 threads, LiteRT 1 thread": {"WORKERS": "1", "THREADS": "8", "CLASSIFIER_LITERT_THREADS": "1"},
+    "2 workers x 4 threads, LiteRT 1 thread each": {"WORKERS": "2", "THREADS": "4", "CLASSIFIER_LITERT_THREADS": "1"},
+}
+SETTINGS_ROUNDS = 3
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, no thread levers (< 2 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, no settings levers (< 2 min)")
     parser.add_argument("--no-latency", action="store_true",
                         help="serve images without added latency or bandwidth caps")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results",
@@ -61,7 +75,12 @@ def main(argv=None) -> int:
     log = lambda message: print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
     fixtures = corpus.load(args.out / "cache", log)
+    # As an installed package would be: the function's modules byte-compiled, so that cold
+    # processes time what they run, not the compiler (PYTHONDONTWRITEBYTECODE stops the
+    # interpreter from caching them itself).
+    compileall.compile_dir(ROOT / "function", quiet=1)
     results = {"meta": _meta(plan, profile, fixtures)}
+    shipped = dockerfile_env(Server.SERVER_ENV)
     with network.serve(fixtures, profile) as site:
         bench = Bench(site, args.out / "cache", work, log)
         results["first_conversion"] = bench.first_conversion()
@@ -71,15 +90,25 @@ def main(argv=None) -> int:
         results["runtimes"] = {}
         for runtime in RUNTIMES:
             log(f"{runtime}: batched inference alone ...")
-            inference = bench.inference(runtime, plan.batches, plan.inference_repeats)
-            log(f"{runtime}: functions-framework instance: cold start, warm requests, throughput ...")
-            concurrencies = plan.concurrencies if plan.full or runtime == RUNTIMES[0] else ()
-            results["runtimes"][runtime] = {"inference": inference, **bench.instance(
-                runtime, plan.warm_repeats, concurrencies)}
+            threads = (0, 1) if runtime == "litert" else (0,)
+            results["runtimes"][runtime] = {"inference": bench.inference(
+                runtime, plan.batches, plan.inference_repeats, threads)}
+        results["cold_start"] = bench.cold_starts(RUNTIMES, plan.cold_start_rounds)
+        log("warm requests and throughput (the Dockerfile's server settings) ...")
+        with bench.instances({r: {"CLASSIFIER_RUNTIME": r} for r in RUNTIMES}) as servers:
+            results["warm"] = bench.warm(servers, plan.warm_repeats)
+            for runtime in RUNTIMES if plan.full else RUNTIMES[:1]:
+                log(f"{runtime}: throughput at {', '.join(map(str, plan.concurrencies))} clients ...")
+                results["runtimes"][runtime]["throughput"] = bench.throughput(servers[runtime], plan.concurrencies)
+        for runtime, server in servers.items():
+            results["runtimes"][runtime]["memory"] = server.final_memory
         log("decode levers ...")
-        results["levers"] = {"decode": bench.probe("decode", "litert", "--repeat", str(plan.warm_repeats))}
+        results["decode"] = bench.probe("decode", "litert", "--repeat", str(plan.warm_repeats))
         if plan.full:
-            results["levers"].update(_thread_levers(bench, plan, log))
+            best = report.best_throughput(results, "litert")["concurrency"]
+            variants = {"shipped": shipped, **{name: env for name, env in SETTINGS.items()
+                                               if env != {k: shipped.get(k) for k in env}}}
+            results["settings"] = bench.settings(variants, best, SETTINGS_ROUNDS)
     results["agreement"] = score_agreement(
         {runtime: results["runtimes"][runtime]["inference"].pop("scores_path") for runtime in RUNTIMES})
     results["meta"]["load_after"] = os.getloadavg()
@@ -89,24 +118,6 @@ def main(argv=None) -> int:
     print(report.render(results))
     print(f"\nJSON: {work / 'results.json'}")
     return 0
-
-
-def _thread_levers(bench: Bench, plan: Plan, log) -> dict:
-    """LiteRT num_threads, TensorFlow's intra/inter-op pools, and gunicorn THREADS under
-    internet latency: each against the default, in this run."""
-    levers = {}
-    log("lever: LiteRT num_threads=1 ...")
-    levers["litert_threads_1"] = bench.inference("litert", (5,), plan.inference_repeats, litert_threads=1)
-    log("lever: TensorFlow intra/inter-op threads = 1/1 ...")
-    levers["tf_threads_1_1"] = bench.inference(
-        "tensorflow", (5,), plan.inference_repeats, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
-    for threads in ("4", "16"):
-        log(f"lever: gunicorn THREADS={threads}, 16 clients, images behind the profile ...")
-        levers[f"server_threads_{threads}"] = bench.instance(
-            "litert", 1, (16,), lan=False, THREADS=threads)["throughput"][0]
-    for name in ("litert_threads_1", "tf_threads_1_1"):
-        levers[name].pop("scores_path")
-    return levers
 
 
 def _meta(plan: Plan, profile: network.Profile, fixtures: corpus.Corpus) -> dict:

@@ -1,10 +1,13 @@
 """Model-side measurements in a fresh process, one JSON object on stdout.
 
 `infer`: import + model load through the function's own LazyModel, then batched
-model calls alone (the floor's inference and the inference-only throughput bound),
-and the scores of the five fixtures (for the runtime agreement check).
+model calls alone, each timed in wall and process CPU time (the floor's inference and
+the CPU bound's), and the scores of the five fixtures (for the runtime agreement
+check). On litert, every `--threads` value gets its own interpreter and their calls
+alternate, so that drift in the machine's speed falls on each alike.
 `decode`: the decode levers on the fixtures (JPEG draft mode, resize filter,
-simplejpeg when installed), each with its top-3 on the litert model.
+simplejpeg when installed), each decode's process CPU time and each variant's top-3
+on the litert model.
 
 `python -m benchlib.probe infer|decode --cache DIR ...` with CLASSIFIER_* set as for the
 function (scripts/ and the repository root on sys.path).
@@ -13,12 +16,12 @@ function (scripts/ and the repository root on sys.path).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
+import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
@@ -42,41 +45,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", required=True, type=Path, help="the corpus cache directory")
     parser.add_argument("--batches", default="5", help="comma-separated batch sizes to time")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--litert-threads", type=int, default=None,
-                        help="LiteRT num_threads instead of os.cpu_count() (a lever)")
+    parser.add_argument("--threads", default="0",
+                        help="litert: comma-separated LiteRT threads to compare (0: one per CPU); "
+                             "the first gives the scores")
     parser.add_argument("--scores", type=Path, default=None, help="write the fixtures' scores here (.npy)")
     args = parser.parse_args(argv)
     corpus = load_corpus(args.cache)
     if args.mode == "infer":
         result = infer(corpus, [int(b) for b in args.batches.split(",")], args.repeat,
-                       args.litert_threads, args.scores)
+                       [int(t) for t in args.threads.split(",")], args.scores)
     else:
         result = decode_levers(corpus, args.repeat)
     print(json.dumps(result))
     return 0
 
 
-def _load(threads: int | None) -> tuple[model.LoadedModel, dict]:
+def _load(threads: list[int]) -> tuple[dict[str, model.LoadedModel], dict]:
+    """One loaded model per LiteRT thread count (tensorflow: one, its own threads), keyed
+    by the threads it really uses; the import and the first load timed."""
     settings = load_settings()
     started = time.perf_counter()
     __import__(HEAVY_IMPORTS[settings.runtime])
     imported = time.perf_counter()
-    lazy = model.LazyModel(default_model(settings), settings.runtime, settings.cache_dir,
-                           settings.model_retry_seconds)
-    with _cpu_count(threads):
-        loaded = lazy.get()
-    loaded_at = time.perf_counter()
-    return loaded, {"runtime": settings.runtime, "import_s": imported - started, "load_s": loaded_at - imported}
-
-
-@contextlib.contextmanager
-def _cpu_count(threads: int | None) -> Iterator[None]:
-    """The litert runtime sizes its interpreter by os.cpu_count(); pretend another count."""
-    if threads is None:
-        yield
-    else:
-        with mock.patch("os.cpu_count", return_value=threads):
-            yield
+    loaded, load_s = {}, None
+    for count in threads if settings.runtime == "litert" else [None]:
+        lazy = model.LazyModel(default_model(settings), settings.runtime, settings.cache_dir,
+                               settings.model_retry_seconds, count or 0)
+        loaded["default" if count is None else str(count or os.cpu_count())] = lazy.get()
+        load_s = load_s or time.perf_counter() - imported
+    return loaded, {"runtime": settings.runtime, "import_s": imported - started, "load_s": load_s}
 
 
 def _fixture_batch(corpus, spec) -> np.ndarray:
@@ -85,42 +82,44 @@ def _fixture_batch(corpus, spec) -> np.ndarray:
                                    settings.allowed_formats) for i in corpus.images])
 
 
-def infer(corpus, batches: list[int], repeat: int, threads: int | None, scores_path: Path | None) -> dict:
+def infer(corpus, batches: list[int], repeat: int, threads: list[int], scores_path: Path | None) -> dict:
+    """Per thread setting and batch size: each call's wall and process CPU seconds."""
     loaded, result = _load(threads)
-    fixtures = _fixture_batch(corpus, loaded.spec)
+    first = next(iter(loaded.values()))
+    fixtures = _fixture_batch(corpus, first.spec)
     started = time.perf_counter()
-    scores = loaded.probabilities(fixtures)
+    scores = first.probabilities(fixtures)
     result["first_inference_s"] = time.perf_counter() - started
     if scores_path is not None:
         np.save(scores_path, scores)
-    result["litert_threads"] = threads
-    result["inference_s"], result["cpu_ms_per_image"] = {}, {}
+    result["settings"] = {name: {"wall_s": {}, "cpu_s": {}} for name in loaded}
     for size in batches:
         batch = np.resize(fixtures, (size, *fixtures.shape[1:]))  # the fixtures, repeated
-        loaded.probabilities(batch)  # warm: a new batch size re-allocates
-        cpu_started = time.process_time()
-        result["inference_s"][str(size)] = _times(lambda: loaded.probabilities(batch), repeat)
-        result["cpu_ms_per_image"][str(size)] = 1000 * (time.process_time() - cpu_started) / (repeat * size)
+        for one in loaded.values():
+            one.probabilities(batch)  # warm: a new batch size re-allocates
+        for _ in range(repeat):
+            for name, one in loaded.items():
+                wall, cpu = _timed(lambda: one.probabilities(batch))
+                result["settings"][name]["wall_s"].setdefault(str(size), []).append(wall)
+                result["settings"][name]["cpu_s"].setdefault(str(size), []).append(cpu)
     return result
 
 
-def _times(fn: Callable[[], object], repeat: int) -> list[float]:
-    seconds = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - started)
-    return seconds
+def _timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall and process CPU seconds of one call (CPU counts every thread of a model call)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 # --- decode levers -----------------------------------------------------------------
 
 
 def decode_levers(corpus, repeat: int) -> dict:
-    """Per variant: decode ms per fixture (the least of `repeat`: CPU cost, not the
-    machine's noise) and whether each fixture's
-    top-3 (labels, in order) equals the shipped decoder's; also the max score change."""
-    loaded, _ = _load(None)
+    """Per variant: decode CPU ms per fixture (the least of `repeat`: its cost, not the
+    machine's noise) and whether each fixture's top-3 (labels, in order) equals the
+    shipped decoder's; also the max score change."""
+    loaded = next(iter(_load([0])[0].values()))
     settings = load_settings()
     spec = loaded.spec
 
@@ -144,7 +143,7 @@ def decode_levers(corpus, repeat: int) -> dict:
         if reference is None:
             reference = (scores, top)
         report[name] = {
-            "decode_ms": {},
+            "cpu_ms": {},
             "top3_same": bool((top == reference[1]).all()),
             "max_score_change": float(np.abs(scores - reference[0]).max()),
         }
@@ -154,9 +153,9 @@ def decode_levers(corpus, repeat: int) -> dict:
     for _ in range(repeat):
         for name, decode in variants.items():
             for image in corpus.images:
-                seconds[name, image.name] += _times(lambda: decode(image.data), 1)
+                seconds[name, image.name].append(_timed(lambda: decode(image.data))[1])
     for (name, image_name), times in seconds.items():
-        report[name]["decode_ms"][image_name] = 1000 * min(times)
+        report[name]["cpu_ms"][image_name] = 1000 * min(times)
     return {"variants": report}
 
 

@@ -4,6 +4,7 @@ instance started the way the Dockerfile starts it (`python -m function.server`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -11,7 +12,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +28,7 @@ SERVER_START_SECONDS = 120.0
 class Finished:
     returncode: int
     seconds: float
-    peak_rss_mb: float  # of the process and every descendant it waited for
+    peak_rss_mb: float  # of the process and every descendant it waited for, never its parent's
     cpu_seconds: float  # user + system, likewise
     stdout: str
     stderr: str
@@ -36,7 +36,7 @@ class Finished:
 
 def python_env(extra: Mapping[str, str]) -> dict[str, str]:
     """This interpreter's environment without the caller's CLASSIFIER_* settings, plus `extra`;
-    scripts/ is importable (for benchlib.baseline and benchlib.probe)."""
+    scripts/ is importable (for benchlib.baseline, benchlib.probe and benchlib.measure)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLASSIFIER_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS), env.get("PYTHONPATH")]))
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -45,21 +45,18 @@ def python_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def run(args: Sequence[str], env: Mapping[str, str], timeout: float) -> Finished:
-    """Run `python args...` from the repository root; wall time from spawn to exit."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=dict(env), stdout=out, stderr=err)
-        killer = threading.Timer(timeout, process.kill)
-        killer.start()
-        try:
-            returncode, usage = _wait(process)
-        finally:
-            killer.cancel()
-        seconds = time.perf_counter() - started
+    """Run `python args...` from the repository root through benchlib.measure (which says
+    why): wall time from spawn to exit, peak RSS and CPU time of that process alone."""
+    with tempfile.TemporaryDirectory() as tmp, \
+            tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        result = Path(tmp) / "measured.json"
+        subprocess.run([sys.executable, "-m", "benchlib.measure", str(result), str(timeout), sys.executable, *args],
+                       cwd=ROOT, env=dict(env), stdout=out, stderr=err, check=True, timeout=timeout + 60)
+        measured = json.loads(result.read_text())
         out.seek(0)
         err.seek(0)
-        return Finished(returncode, seconds, _rss_mb(usage), usage.ru_utime + usage.ru_stime,
-                        out.read(), err.read())
+        return Finished(measured["returncode"], measured["seconds"], measured["peak_rss_mb"],
+                        measured["cpu_seconds"], out.read(), err.read())
 
 
 def checked(finished: Finished, what: str) -> Finished:
@@ -68,15 +65,15 @@ def checked(finished: Finished, what: str) -> Finished:
     return finished
 
 
-def _wait(process: subprocess.Popen):
-    """wait4: the exit status and resource usage, which covers the children it reaped."""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, usage
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS (now) and VmHWM (peak) of one live process, from /proc: its own peak since its
+    exec, whatever its parent had (unlike a child's ru_maxrss)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {name: int(fields[name].split()[0]) / 1024 for name in ("VmRSS", "VmHWM")}
 
 
-def _rss_mb(usage) -> float:
-    return usage.ru_maxrss / 1024.0  # KiB on Linux
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -119,28 +116,28 @@ class Server:
     """`python -m function.server` (the Dockerfile's CMD) on a free loopback port.
 
     `healthz_seconds` is process start to the first 200 from /healthz; leaving the
-    block stops it (SIGTERM, as Knative does) and records the peak RSS.
+    block stops it (SIGTERM, as Knative does), first recording each process's memory.
     """
 
-    SERVER_ENV = ("WORKERS", "THREADS", "CLOUD_RUN_TIMEOUT_SECONDS")
+    SERVER_ENV = ("WORKERS", "THREADS", "CLASSIFIER_LITERT_THREADS", "CLOUD_RUN_TIMEOUT_SECONDS")
 
     def __init__(self, env: Mapping[str, str], log_path: Path):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self._env = env
-        self._log_path = log_path
+        self._env = {**dockerfile_env(self.SERVER_ENV), **env, "PORT": str(self.port)}
+        self.log_path = log_path
         self.started = 0.0
         self.healthz_seconds = 0.0
-        self.peak_rss_mb = 0.0
+        self.final_memory: dict = {}
 
     def _popen(self, log) -> subprocess.Popen:
         """The server process, writing to `log` (imagelib.container starts an image's instead)."""
-        env = {**dockerfile_env(self.SERVER_ENV), **self._env, "PORT": str(self.port), "HOST": "127.0.0.1"}
+        env = {**self._env, "HOST": "127.0.0.1"}
         return subprocess.Popen([sys.executable, "-m", "function.server"],
                                 cwd=ROOT, env=python_env(env), stdout=log, stderr=subprocess.STDOUT)
 
     def __enter__(self) -> "Server":
-        self._log = open(self._log_path, "w")
+        self._log = open(self.log_path, "w")
         self.started = time.perf_counter()
         self._process = self._popen(self._log)
         try:
@@ -151,8 +148,13 @@ class Server:
         return self
 
     @property
+    def workers(self) -> int:
+        """gunicorn workers it runs (their processes may still be starting)."""
+        return int(self._env["WORKERS"])
+
+    @property
     def pid(self) -> int:
-        """The server process (the gunicorn master; its worker is a child)."""
+        """The server process (the gunicorn master; its workers are children)."""
         return self._process.pid
 
     def _wait_healthy(self) -> float:
@@ -160,7 +162,7 @@ class Server:
         with requests.Session() as session:
             while time.perf_counter() < deadline:
                 if self._process.poll() is not None:
-                    raise RuntimeError(f"server exited: {self._log_path.read_text()[-3000:]}")
+                    raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
                 try:
                     if session.get(f"{self.base}/healthz", timeout=1).status_code == 200:
                         return time.perf_counter() - self.started
@@ -170,16 +172,23 @@ class Server:
         raise RuntimeError(f"server not healthy within {SERVER_START_SECONDS:g} s")
 
     def cpu_seconds(self) -> float:
-        """CPU time used so far by the server and its gunicorn worker."""
+        """CPU time used so far by the server and its gunicorn workers."""
         return tree_cpu_seconds(self._process.pid)
+
+    def memory(self) -> dict:
+        """Each process's VmRSS and VmHWM in MB: the gunicorn master, and its workers."""
+        return {"master": memory_mb(self.pid), "workers": [memory_mb(pid) for pid in children(self.pid)]}
 
     def __exit__(self, *exc) -> None:
         if self._process.returncode is None:
-            self._process.send_signal(signal.SIGTERM)
-            killer = threading.Timer(30, self._process.kill)
-            killer.start()
             try:
-                self.peak_rss_mb = _rss_mb(_wait(self._process)[1])
-            finally:
-                killer.cancel()
+                self.final_memory = self.memory()
+            except FileNotFoundError:  # it died: nothing left to read
+                pass
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
         self._log.close()

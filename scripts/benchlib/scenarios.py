@@ -1,17 +1,24 @@
 """The scenarios, each repeated: the baseline and this function side by side, on the
-same machine, the same stand-in model and the same loopback "internet"."""
+same machine, the same stand-in model and the same loopback "internet".
+
+Whatever compares two sides (runtimes, settings, ours and the baseline) runs them in
+turns, round by round, so that drift in the machine's speed falls on every side alike,
+and records how much of the CPUs other processes took meanwhile (`others_cpu_share`).
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
+import math
 import os
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +34,9 @@ from .network import Site
 RUNTIMES = ("litert", "tensorflow")
 PROCESS_TIMEOUT = 300.0
 REQUEST_TIMEOUT = 120.0
+IMAGES_PER_LEVEL = 120  # a throughput level sends at least this many images (and 3 requests a client)
+WARM_UP_TRIES = 20
+CPUS = os.cpu_count() or 1
 
 
 def summary(values: Sequence[float]) -> dict:
@@ -35,6 +45,30 @@ def summary(values: Sequence[float]) -> dict:
 
 def _median_fields(rows: Sequence[dict]) -> dict:
     return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+
+
+class Others:
+    """The share of the machine's CPUs other processes took while the block ran: all the
+    busy CPU time on the machine, less this process's and the measured processes'
+    (`measured()`: their CPU seconds so far; `ended`: those of measured processes that
+    exited inside the block), over CPUs x wall time."""
+
+    def __init__(self, measured: Callable[[], float] = lambda: 0.0):
+        self._measured = measured
+        self.ended = 0.0
+        self.share = 0.0
+
+    def _mark(self) -> tuple[float, float, float, float]:
+        return time.perf_counter(), procs.machine_busy_seconds(), time.process_time(), self._measured()
+
+    def __enter__(self) -> "Others":
+        self._start = self._mark()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        (t0, machine0, own0, measured0), (t1, machine1, own1, measured1) = self._start, self._mark()
+        others = (machine1 - machine0) - (own1 - own0) - (measured1 - measured0) - self.ended
+        self.share = max(0.0, others) / ((t1 - t0) * CPUS)
 
 
 @dataclasses.dataclass
@@ -75,27 +109,30 @@ class Bench:
         return {"seconds": done.seconds, "peak_rss_mb": done.peak_rss_mb}
 
     def cold_cli(self, rounds: int, runtimes: Sequence[str]) -> dict:
-        """Fresh processes for 5 URLs, interleaved round by round so drift hits all alike."""
-        runs: dict[str, list] = {"baseline": [], **{r: [] for r in runtimes}}
-        for round_ in range(rounds):
-            self.log(f"cold CLI round {round_ + 1}/{rounds}: baseline, {', '.join(runtimes)} ...")
-            runs["baseline"].append(procs.checked(procs.run(
-                ["-m", "benchlib.baseline", self.site.model_url, self.site.labels_url, *self.site.images],
-                self.function_env("tensorflow"), PROCESS_TIMEOUT), "baseline"))
-            for runtime in runtimes:
-                runs[runtime].append(procs.checked(self._ours(runtime), f"classify ({runtime})"))
-        result = {}
+        """Fresh processes for 5 URLs (the baseline's and ours) and a bare `python -c pass`
+        (the floor's interpreter start), taking turns round by round."""
+        runs: dict[str, list[procs.Finished]] = {"bare_python": [], "baseline": [], **{r: [] for r in runtimes}}
+        with Others() as others:
+            for round_ in range(rounds):
+                self.log(f"cold CLI round {round_ + 1}/{rounds}: python -c pass, baseline, {', '.join(runtimes)} ...")
+                runs["bare_python"].append(procs.checked(procs.run(
+                    ["-c", "pass"], self.function_env(runtimes[0]), PROCESS_TIMEOUT), "python -c pass"))
+                runs["baseline"].append(procs.checked(procs.run(
+                    ["-m", "benchlib.baseline", self.site.model_url, self.site.labels_url, *self.site.images],
+                    self.function_env("tensorflow"), PROCESS_TIMEOUT), "baseline"))
+                for runtime in runtimes:
+                    runs[runtime].append(procs.checked(self._ours(runtime), f"classify ({runtime})"))
+                others.ended += sum(done[-1].cpu_seconds for done in runs.values())
+        result: dict = {"others_cpu_share": others.share}
         for name, done in runs.items():
-            outputs = [_json_lines(d.stdout) for d in done]
-            entry = {
-                "seconds": summary([d.seconds for d in done]),
-                "peak_rss_mb": max(d.peak_rss_mb for d in done),
-                "top3": _top3(outputs[0]),
-            }
-            if name == "baseline":
-                entry["phases_s"] = _median_fields([o[-1]["phases"] for o in outputs])
-            else:
-                entry["timings_ms"] = _median_fields([_classified_event(d.stderr) for d in done])
+            entry = {"seconds": summary([d.seconds for d in done]), "peak_rss_mb": max(d.peak_rss_mb for d in done)}
+            if name != "bare_python":
+                outputs = [_json_lines(d.stdout) for d in done]
+                entry["top3"] = _top3(outputs[0])
+                if name == "baseline":
+                    entry["phases_s"] = _median_fields([o[-1]["phases"] for o in outputs])
+                else:
+                    entry["timings_ms"] = _median_fields([_classified_event(d.stderr) for d in done])
             result[name] = entry
         return result
 
@@ -119,55 +156,96 @@ class Bench:
         return summary(seconds)
 
     def probe(self, mode: str, runtime: str, *args: str, **env: str) -> dict:
-        """benchlib.probe in a fresh process; `others_cpu_share` is how much of the
-        machine's CPUs other processes took meanwhile (it slows what the probe times)."""
-        machine, bench = procs.machine_busy_seconds(), time.process_time()
-        done = procs.checked(procs.run(
-            ["-m", "benchlib.probe", mode, "--cache", str(self.corpus_cache), *args],
-            self.function_env(runtime, **env), PROCESS_TIMEOUT), f"probe {mode} ({runtime})")
-        others = (procs.machine_busy_seconds() - machine - done.cpu_seconds - (time.process_time() - bench))
-        return {**json.loads(done.stdout), "others_cpu_share": others / (done.seconds * (os.cpu_count() or 1))}
+        """benchlib.probe in a fresh process, and how much of the CPUs others took meanwhile
+        (it slows what the probe times)."""
+        with Others() as others:
+            done = procs.checked(procs.run(
+                ["-m", "benchlib.probe", mode, "--cache", str(self.corpus_cache), *args],
+                self.function_env(runtime, **env), PROCESS_TIMEOUT), f"probe {mode} ({runtime})")
+            others.ended = done.cpu_seconds
+        return {**json.loads(done.stdout), "others_cpu_share": others.share}
 
-    def inference(self, runtime: str, batches: Sequence[int], repeat: int,
-                  litert_threads: int | None = None, **env: str) -> dict:
-        """Batched model calls alone in a fresh process; the fixtures' scores saved for the
-        runtime agreement check."""
-        scores = self.work / f"scores-{runtime}-{len(list(self.work.glob('scores-*')))}.npy"
-        args = ["--batches", ",".join(map(str, batches)), "--repeat", str(repeat), "--scores", str(scores)]
-        if litert_threads is not None:
-            args += ["--litert-threads", str(litert_threads)]
-        result = self.probe("infer", runtime, *args, **env)
-        result["inference_s"] = {size: summary(times) for size, times in result["inference_s"].items()}
-        result["scores_path"] = str(scores)
-        return result
+    def inference(self, runtime: str, batches: Sequence[int], repeat: int, threads: Sequence[int] = (0,)) -> dict:
+        """Batched model calls alone in a fresh process (litert: on each LiteRT thread count,
+        taking turns); the fixtures' scores saved for the runtime agreement check."""
+        scores = self.work / f"scores-{runtime}.npy"
+        return {**self.probe("infer", runtime, "--batches", ",".join(map(str, batches)), "--repeat", str(repeat),
+                             "--threads", ",".join(map(str, threads)), "--scores", str(scores)),
+                "scores_path": str(scores)}
 
-    # --- (2, 4, 5, 6) one functions-framework instance -------------------------------
+    # --- (2, 4, 5, 6) functions-framework instances ----------------------------------
 
-    def instance(self, runtime: str, warm_repeats: int, concurrencies: Sequence[int],
-                 lan: bool = True, **env: str) -> dict:
-        """Cold start, then warm 5-URL requests, then throughput; peak RSS at the end."""
-        log_path = self.work / f"server-{runtime}-{len(list(self.work.glob('server-*.log')))}.log"
-        urls = list(self.site.images)
-        with procs.Server(self.function_env(runtime, **env), log_path) as server:
-            first = _post(_session(), server.base, urls)
-            cold = {
-                "healthz_s": server.healthz_seconds,
-                "first_answer_s": time.perf_counter() - server.started,
-                "first_timings_ms": first["timings_ms"],
-            }
-            client = _session()
-            warm = [_timed_post(client, server.base, urls) for _ in range(warm_repeats)]
-            throughput = [
-                _throughput(server, list(self.site.lan_images if lan else urls), c)
-                for c in concurrencies
-            ]
-        return {
-            "cold_start": cold,
-            "warm_s": summary([seconds for seconds, _ in warm]),
-            "warm_timings_ms": _median_fields([body["timings_ms"] for _, body in warm]),
-            "throughput": throughput,
-            "peak_rss_mb": server.peak_rss_mb,
-        }
+    def cold_starts(self, runtimes: Sequence[str], rounds: int) -> dict:
+        """A fresh instance per runtime and round, in turns: process start to /healthz and
+        to the first answer, with the first answer's own timings."""
+        runs: dict[str, list[dict]] = {r: [] for r in runtimes}
+        with Others() as others:
+            for round_ in range(rounds):
+                self.log(f"cold start round {round_ + 1}/{rounds}: {', '.join(runtimes)} ...")
+                for runtime in runtimes:
+                    with procs.Server(self.function_env(runtime), self._log_path(f"cold-{runtime}")) as server:
+                        first = _post(_session(), server.base, list(self.site.images))
+                        runs[runtime].append({"healthz_s": server.healthz_seconds,
+                                              "first_answer_s": time.perf_counter() - server.started,
+                                              "first_timings_ms": first["timings_ms"]})
+                        others.ended += server.cpu_seconds()
+        return {"others_cpu_share": others.share, **{runtime: {
+            "healthz_s": summary([r["healthz_s"] for r in rows]),
+            "first_answer_s": summary([r["first_answer_s"] for r in rows]),
+            "first_timings_ms": _median_fields([r["first_timings_ms"] for r in rows]),
+        } for runtime, rows in runs.items()}}
+
+    @contextlib.contextmanager
+    def instances(self, variants: Mapping[str, Mapping[str, str]]) -> Iterator[dict[str, procs.Server]]:
+        """One instance per variant (name -> runtime and server settings over the
+        Dockerfile's), every gunicorn worker's model loaded before the block."""
+        with contextlib.ExitStack() as stack:
+            servers = {}
+            for name, env in variants.items():
+                env = dict(env)
+                runtime = env.pop("CLASSIFIER_RUNTIME", "litert")
+                servers[name] = stack.enter_context(
+                    procs.Server(self.function_env(runtime, **env), self._log_path(name.replace(" ", "_"))))
+                _warm_up(servers[name], list(self.site.lan_images))
+            yield servers
+
+    def warm(self, servers: Mapping[str, procs.Server], repeats: int) -> dict:
+        """5-URL requests to warm instances, one to each per round; each worker's memory
+        after the first round and after the last (identical requests: no growth expected)."""
+        clients = {name: _session() for name in servers}
+        runs: dict[str, list] = {name: [] for name in servers}
+        memory: dict[str, list] = {name: [] for name in servers}
+        with Others(lambda: sum(s.cpu_seconds() for s in servers.values())) as others:
+            for round_ in range(repeats):
+                for name, server in servers.items():
+                    runs[name].append(_timed_post(clients[name], server.base, list(self.site.images)))
+                    if round_ in (0, repeats - 1):
+                        memory[name].append(server.memory())
+        return {"others_cpu_share": others.share, **{name: {
+            "warm_s": summary([seconds for seconds, _ in rows]),
+            "warm_timings_ms": _median_fields([body["timings_ms"] for _, body in rows]),
+            "memory_after_first": memory[name][0], "memory_after_last": memory[name][-1],
+        } for name, rows in runs.items()}}
+
+    def throughput(self, server: procs.Server, concurrencies: Sequence[int]) -> list[dict]:
+        """Images at loopback speed, so that the CPUs, not the network, are the limit."""
+        return [_throughput(server, list(self.site.lan_images), c) for c in concurrencies]
+
+    def settings(self, variants: Mapping[str, Mapping[str, str]], concurrency: int, rounds: int) -> dict:
+        """Throughput of one litert instance per server-settings variant at `concurrency`,
+        the variants taking turns for `rounds` rounds."""
+        with self.instances(variants) as servers:
+            rows: dict[str, list[dict]] = {name: [] for name in servers}
+            for round_ in range(rounds):
+                self.log(f"settings round {round_ + 1}/{rounds}: {len(servers)} instances at {concurrency} clients ...")
+                for name, server in servers.items():
+                    rows[name].append(_throughput(server, list(self.site.lan_images), concurrency))
+        share = statistics.fmean(row["others_cpu_share"] for runs in rows.values() for row in runs)
+        return {"concurrency": concurrency, "others_cpu_share": share, "variants": {
+            name: {"settings": dict(variants[name]), "runs": runs} for name, runs in rows.items()}}
+
+    def _log_path(self, name: str) -> Path:
+        return self.work / f"server-{name}-{len(list(self.work.glob('server-*.log')))}.log"
 
 
 # --- HTTP clients ----------------------------------------------------------------------
@@ -189,10 +267,23 @@ def _timed_post(session: requests.Session, base: str, urls: list[str]) -> tuple[
     return time.perf_counter() - started, body
 
 
-def _throughput(server: procs.Server, urls: list[str], concurrency: int, per_client: int = 3) -> dict:
-    """`concurrency` clients, each sending `per_client` 5-URL requests back to back. CPU
-    per image is split into the server's, this process's (clients and image server) and
-    everyone else's on the machine."""
+def _warm_up(server: procs.Server, urls: list[str]) -> None:
+    """Requests, as many at once as there are workers, until every worker has loaded its
+    model (each loads on its own first request: a cold worker is no warm instance)."""
+    workers = server.workers
+    for _ in range(WARM_UP_TRIES):
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda _: _post(_session(), server.base, urls), range(workers)))
+        if len([e for e in _log_events(server.log_path) if " loaded in " in e.get("message", "")]) >= workers:
+            return
+    raise RuntimeError(f"not every one of {workers} workers loaded its model in {WARM_UP_TRIES} tries")
+
+
+def _throughput(server: procs.Server, urls: list[str], concurrency: int) -> dict:
+    """`concurrency` clients, each sending 5-URL requests back to back. Where the CPUs went
+    per image: the instance (and, from its log lines, its phases), this process (clients
+    and image server), everyone else, and idle (the instance's threads waiting)."""
+    per_client = max(3, math.ceil(IMAGES_PER_LEVEL / (len(urls) * concurrency)))
     local = threading.local()
 
     def client(_) -> list[float]:
@@ -202,16 +293,22 @@ def _throughput(server: procs.Server, urls: list[str], concurrency: int, per_cli
     def mark() -> tuple[float, float, float, float]:
         return time.perf_counter(), server.cpu_seconds(), time.process_time(), procs.machine_busy_seconds()
 
+    logged = server.log_path.stat().st_size
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         t0, server0, bench0, machine0 = mark()
         latencies = [s for batch in pool.map(client, range(concurrency)) for s in batch]
         t1, server1, bench1, machine1 = mark()
-    images = len(latencies) * len(urls)
-    server_cpu, bench_cpu = server1 - server0, bench1 - bench0
-    return {"concurrency": concurrency, "requests": len(latencies), "images_per_s": images / (t1 - t0),
-            "latency_s": summary(latencies),
-            "cpu_ms_per_image": {"server": 1000 * server_cpu / images, "bench": 1000 * bench_cpu / images,
-                                 "others": 1000 * (machine1 - machine0 - server_cpu - bench_cpu) / images}}
+    images, wall = len(latencies) * len(urls), t1 - t0
+    server_cpu, bench_cpu, busy = server1 - server0, bench1 - bench0, machine1 - machine0
+    per_image = lambda seconds: 1000 * seconds / images  # noqa: E731
+    phases = [e["cpu_ms"] for e in _log_events(server.log_path, logged) if "cpu_ms" in e]
+    return {"concurrency": concurrency, "requests": len(latencies), "images_per_s": images / wall,
+            "latency_s": summary(latencies), "others_cpu_share": max(0.0, busy - server_cpu - bench_cpu) / (CPUS * wall),
+            "cpu_ms_per_image": {"server": per_image(server_cpu), "bench": per_image(bench_cpu),
+                                 "others": per_image(busy - server_cpu - bench_cpu),
+                                 "idle": per_image(CPUS * wall - busy)},
+            "server_phases_cpu_ms_per_image": {phase: sum(p[phase] for p in phases) / images
+                                               for phase in ("fetch", "decode", "inference")}}
 
 
 def _session() -> requests.Session:
@@ -228,6 +325,13 @@ def _session() -> requests.Session:
 
 def _json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def _log_events(path: Path, offset: int = 0) -> list[dict]:
+    """The JSON log lines a server wrote from byte `offset` of its log on."""
+    with open(path, "rb") as log:
+        log.seek(offset)
+        return _json_lines(log.read().decode(errors="replace"))
 
 
 def _top3(lines: list[dict]) -> dict[str, list[str]]:

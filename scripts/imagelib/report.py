@@ -108,7 +108,7 @@ def measure(image: str, env: dict[str, str], plan: sweep.Plan, starts: int, late
                     levels.append({**sweep.level(server, sweep.request(expected), concurrency, plan),
                                    "image_peak_mb": round(server.memory_mb(), 1)})
                 uids = sorted(server.uids())
-    threads = int(image_run.env.get("THREADS") or config.env.get("THREADS", "0"))
+    threads, workers = (int(image_run.env.get(name) or config.env.get(name, "0")) for name in ("THREADS", "WORKERS"))
     return {
         "image": image, "user": config.user, "uids": uids, "cmd": list(config.entrypoint + config.cmd),
         "unpacked_bytes": sum(config.layer_bytes), "compressed_bytes": sum(compressed),
@@ -118,7 +118,7 @@ def measure(image: str, env: dict[str, str], plan: sweep.Plan, starts: int, late
                   "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                   "images_per_request": plan.images_per_request,
                   "images": ", ".join(f"{u.rsplit('/', 1)[-1]}" for u in urls),
-                  "instances": [{"threads": threads, "images_per_request": plan.images_per_request,
+                  "instances": [{"threads": threads, "workers": workers, "images_per_request": plan.images_per_request,
                                  "first_request_s": runs[-1]["first_answer_s"], "rss_after_warmup_mb": round(warm_rss, 1),
                                  "peak_rss_mb": max(lvl["rss_mb"]["VmHWM"] for lvl in levels), "levels": levels}],
                   "passed": sweep.passed([{"levels": levels}])},

@@ -114,7 +114,8 @@ def instance(env: Mapping[str, str], urls: Sequence[str], plan: Plan, log_path: 
         for concurrency in plan.concurrencies:
             log(f"THREADS={server_threads(env)}: {concurrency} concurrent clients ...")
             levels.append(level(server, call, concurrency, plan))
-    return {"threads": int(server_threads(env)), "images_per_request": len(call.tags),
+    return {"threads": int(server_threads(env)), "workers": int(procs.dockerfile_env(["WORKERS"])["WORKERS"]),
+            "images_per_request": len(call.tags),
             "first_request_s": round(first_s, 3), "rss_after_warmup_mb": round(warm_rss, 1),
             "peak_rss_mb": max(lvl["rss_mb"]["VmHWM"] for lvl in levels), "levels": levels}
 
@@ -136,7 +137,7 @@ def table(result: dict) -> str:
     header = (f"{'clients':>7} {'reqs':>5} {'errors':>6} {'req/s':>6} {'img/s':>6} {'p50 s':>6} {'p95 s':>6} "
               f"{'p99 s':>6} {'cores':>5} {'CPU s/req':>9} {'VmRSS MB':>8} {'VmHWM MB':>8}")
     for inst in result["instances"]:
-        lines += ["", f"THREADS={inst['threads']} (WORKERS=1): first request {inst['first_request_s']:.2f} s "
+        lines += ["", f"THREADS={inst['threads']} (WORKERS={inst['workers']}): first request {inst['first_request_s']:.2f} s "
                       f"(model load), RSS after it {inst['rss_after_warmup_mb']:.0f} MB, "
                       f"peak (VmHWM) {inst['peak_rss_mb']:.0f} MB", header]
         for lvl in inst["levels"]:

@@ -52,8 +52,8 @@ ARG CLASSIFIER_MODELS
 ARG PRELOAD_MODEL=1
 RUN --mount=type=secret,id=ca-bundle TFHUB_CACHE_DIR=/models/tfhub \
     scripts/image/preload /opt/venv "$PRELOAD_MODEL"
-# What LiteRT reads: the .tflite files alone, without TF Hub's downloads.
-RUN scripts/image/tflite-only /models/tfhub /lean-models/tfhub
+# What the lean image reads: the .tflite files and label maps, without TF Hub's downloads.
+RUN scripts/image/lean-models /models/tfhub /lean-models/tfhub
 
 # --- what both images run: the server contract, the app, its user ------------------------
 FROM ${PYTHON_IMAGE} AS app

@@ -1,14 +1,23 @@
-"""Class names by id, read once from an `id,name` CSV whose rows are in any order."""
+"""Class names by id, read once from an `id,name` CSV whose rows are in any order.
+
+A label map named by URL is kept in the model cache like the model itself: an image that
+baked its model (`classify --preload`) then starts without the internet too.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
 import requests
+
+from . import cache
+
+logger = logging.getLogger(__name__)
 
 LABELS_TIMEOUT = (5.0, 30.0)  # connect, read: an operator's URL, not a stranger's
 
@@ -41,5 +50,19 @@ def parse_labels(data: bytes) -> Mapping[int, str]:
     return MappingProxyType(labels)
 
 
-def load_labels(source: str) -> Mapping[int, str]:
-    return parse_labels(read_source(source))
+def load_labels(source: str, cache_dir: str) -> Mapping[int, str]:
+    """The label map of `source`: a local file as it is; a URL's from the cache, else
+    downloaded, checked and cached (where the cache is writable: a read-only image that
+    did not bake it reads it on every start instead)."""
+    if not source.startswith(("http://", "https://")):
+        return parse_labels(read_source(source))
+    path = cache.entry(cache_dir, source, ".labels.csv")
+    if path.exists():
+        return parse_labels(path.read_bytes())
+    data = read_source(source)
+    labels = parse_labels(data)
+    try:
+        cache.write_atomically(path, data)
+    except OSError as exc:
+        logger.warning("cannot cache the labels in %s: %s", path.parent, exc.strerror or exc)
+    return labels

@@ -96,7 +96,7 @@ class LazyModel:
         self.load_count += 1
         logger.info("loading model %s (%s runtime)", redact(self.spec.url), self._runtime)
         predict = runtime.load(self.spec, self._runtime, self._cache_dir, self._litert_threads)
-        names = labels.load_labels(self.spec.labels_url)
+        names = labels.load_labels(self.spec.labels_url, self._cache_dir)
         width, height = self.spec.input_size
         probe = predict(np.zeros((batch_size, height, width, 3), np.uint8), 1.0)
         num_classes = int(probe.shape[-1])

@@ -12,11 +12,9 @@ with a clear `ModelUnavailable` that points to the full image or to baking the m
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from . import labels
+from . import cache, labels
 from .config import ModelSpec
 from .errors import BadModel, ModelUnavailable
 from .redaction import redact
@@ -63,12 +61,11 @@ def tflite_path(spec: ModelSpec, cache_dir: str) -> Path:
     remote = spec.url.startswith(("http://", "https://"))
     if is_tflite(spec.url) and not remote:
         return Path(spec.url.removeprefix("file://"))
-    key = hashlib.sha1(spec.url.encode("utf8")).hexdigest()
-    path = Path(cache_dir) / f"{key}.tflite"
+    path = cache.entry(cache_dir, spec.url, ".tflite")
     if not path.exists():
         if is_tflite(spec.url):
             logger.info("downloading %s to %s for the litert runtime", redact(spec.url), path)
-            _write_atomically(path, labels.read_source(spec.url))
+            cache.write_atomically(path, labels.read_source(spec.url))
         else:
             _convert_to_tflite(spec, path)
     return path
@@ -133,16 +130,7 @@ def _convert_to_tflite(spec: ModelSpec, path: Path) -> None:
     logger.info("converting %s to %s for the litert runtime", redact(spec.url), path)
     module, signature = _load_hub(spec)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([signature], module)
-    _write_atomically(path, converter.convert())
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    """Write via a temporary file and a rename, so concurrent processes never read half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(content)
-    os.replace(tmp, path)
+    cache.write_atomically(path, converter.convert())
 
 
 def _litert_predict(path: Path, spec: ModelSpec, threads: int) -> Predict:

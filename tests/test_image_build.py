@@ -75,10 +75,11 @@ def test_the_build_args_are_the_images_defaults_and_cmd_is_the_entry(lean, stand
     assert config.entrypoint == () and config.cmd, "CMD, not ENTRYPOINT: `docker run IMAGE classify ...` works"
 
 
-def test_every_model_is_baked_as_tflite_and_nothing_else(lean):
+def test_every_model_is_baked_as_tflite_with_its_labels_and_nothing_else(lean):
     _, config, rootfs = lean
     cache = rootfs / config.env["TFHUB_CACHE_DIR"].lstrip("/")
-    assert [p.suffix for p in cache.iterdir()] == [".tflite"] * 2, "birds and flowers; no TF Hub download"
+    kinds = sorted(p.name.split(".", 1)[1] for p in cache.iterdir())
+    assert kinds == ["labels.csv"] * 2 + ["tflite"] * 2, "birds and flowers, each with its labels; no TF Hub download"
 
 
 def test_no_tensorflow_is_importable_in_the_lean_image(lean):
@@ -95,7 +96,7 @@ def test_the_image_serves_as_its_non_root_user_and_classifies_with_the_baked_mod
     image = container.Container(rootfs, config, {"CLASSIFIER_ALLOW_PRIVATE_URLS": "1"})
     uid, _ = image.ids
     assert uid != 0
-    models = ("/models/colour.tar.gz", "/models/flowers.tflite")
+    models = ("/models/colour.tar.gz", "/models/flowers.tflite", "/labels.csv", "/flowers.csv")
     downloads = [stand_in.server.hits.get(path, 0) for path in models]
     red, blue = stand_in.image_url("image-red.png", (240, 10, 10)), stand_in.image_url("image-blue.png", (10, 20, 240))
     with image.serve(tmp_path / "server.log") as server:
@@ -114,7 +115,7 @@ def test_the_image_serves_as_its_non_root_user_and_classifies_with_the_baked_mod
             assert set(pool.map(lambda _: blue_top(), range(16))) == {"Cyanistes caeruleus"}
         assert server.uids() == {uid}, "every uid of every process is the image's user"
         peak_mb = server.memory_mb()
-    assert [stand_in.server.hits.get(path, 0) for path in models] == downloads, "the models are baked"
+    assert [stand_in.server.hits.get(path, 0) for path in models] == downloads, "models and labels are baked"
     service = yaml.safe_load((ROOT / "knative" / "service.yaml").read_text())
     request = service["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
     assert 0 < peak_mb < _mebibytes(request), f"peak {peak_mb:.0f} MB against the pod's request {request}"

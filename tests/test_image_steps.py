@@ -23,7 +23,7 @@ from imagelib import dockerfile
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "scripts" / "image" / "install"
 PRELOAD = ROOT / "scripts" / "image" / "preload"
-TFLITE_ONLY = ROOT / "scripts" / "image" / "tflite-only"
+LEAN_MODELS = ROOT / "scripts" / "image" / "lean-models"
 DEBIAN_BASE = ROOT / "scripts" / "image" / "debian-base"
 SERVER_COMMAND = ["python", "-m", "function.server"]
 TENSORFLOW_PINS = ("tensorflow", "tensorflow-cpu", "tensorflow-hub", "tf-keras")
@@ -72,10 +72,10 @@ def test_the_models_are_baked_by_the_apps_preload_and_the_lean_image_gets_only_t
     models = DOCKERFILE.stages["models"]
     assert models.base == "tensorflow", "the conversion needs TensorFlow"
     assert "PRELOAD_MODEL=1" in models.args("ARG"), "baked unless asked otherwise"
-    preload, tflite_only = models.args("RUN")
+    preload, lean_models = models.args("RUN")
     assert preload.endswith('scripts/image/preload /opt/venv "$PRELOAD_MODEL"')
     assert "TFHUB_CACHE_DIR=/models/tfhub" in preload
-    assert tflite_only == "scripts/image/tflite-only /models/tfhub /lean-models/tfhub"
+    assert lean_models == "scripts/image/lean-models /models/tfhub /lean-models/tfhub"
     assert DOCKERFILE.stages["lean"].args("COPY")[-1] == "--from=models --chown=10001:10001 /lean-models /models"
     assert DOCKERFILE.stages["full"].args("COPY")[-1] == "--from=models --chown=10001:10001 /models /models"
 
@@ -126,7 +126,7 @@ def test_final_env_sets_the_server_contract():
 def test_build_steps_are_the_tested_scripts():
     runs = [run for stage in DOCKERFILE.stages.values() for run in stage.args("RUN")]
     scripts = {re.search(r"scripts/image/[\w-]+", run).group(0) for run in runs if "scripts/image/" in run}
-    assert scripts == {"scripts/image/install", "scripts/image/preload", "scripts/image/tflite-only"}
+    assert scripts == {"scripts/image/install", "scripts/image/preload", "scripts/image/lean-models"}
     for script in scripts:
         assert os.access(ROOT / script, os.X_OK), f"{script} is not executable"
 
@@ -322,26 +322,28 @@ def test_preload_failures_stop_the_build(fake_venv, tmp_path, flag, creates, sta
     assert message in ran.stderr
 
 
-# --- scripts/image/tflite-only ---------------------------------------------------------
+# --- scripts/image/lean-models ---------------------------------------------------------
 
-def test_tflite_only_copies_the_top_level_tflite_files_alone(tmp_path):
+def test_lean_models_copies_the_top_level_tflite_files_and_label_maps_alone(tmp_path):
     cache = tmp_path / "tfhub"
     (cache / "0123abcd").mkdir(parents=True)  # a TF Hub download, as the conversion leaves it
     (cache / "0123abcd" / "saved_model.pb").write_bytes(b"module")
     (cache / "0123abcd.descriptor.txt").write_text("Module: http://127.0.0.1/m.tar.gz\n")
     (cache / "7c78.tflite").write_bytes(b"birds")
     (cache / "9f00.tflite").write_bytes(b"flowers")
+    (cache / "5e5e.labels.csv").write_bytes(b"id,name\n0,robin\n")
+    (cache / "5e5e.csv").write_bytes(b"not a label map the app cached")
     (cache / "0123abcd" / "nested.tflite").write_bytes(b"not the app's")
-    ran = subprocess.run([TFLITE_ONLY, cache, tmp_path / "lean" / "tfhub"], capture_output=True, text=True)
+    ran = subprocess.run([LEAN_MODELS, cache, tmp_path / "lean" / "tfhub"], capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr
     copied = {p.name: p.read_bytes() for p in (tmp_path / "lean" / "tfhub").iterdir()}
-    assert copied == {"7c78.tflite": b"birds", "9f00.tflite": b"flowers"}
-    assert "2 .tflite file(s)" in ran.stdout
+    assert copied == {"7c78.tflite": b"birds", "9f00.tflite": b"flowers", "5e5e.labels.csv": b"id,name\n0,robin\n"}
+    assert "2 .tflite file(s), 1 label map(s)" in ran.stdout
 
 
-def test_tflite_only_makes_an_empty_model_dir_when_nothing_was_baked(tmp_path):
+def test_lean_models_makes_an_empty_model_dir_when_nothing_was_baked(tmp_path):
     (tmp_path / "tfhub").mkdir()
-    ran = subprocess.run([TFLITE_ONLY, tmp_path / "tfhub", tmp_path / "out"], capture_output=True, text=True)
+    ran = subprocess.run([LEAN_MODELS, tmp_path / "tfhub", tmp_path / "out"], capture_output=True, text=True)
     assert ran.returncode == 0 and (tmp_path / "out").is_dir() and not any((tmp_path / "out").iterdir())
 
 
@@ -349,8 +351,8 @@ def test_tflite_only_makes_an_empty_model_dir_when_nothing_was_baked(tmp_path):
     (["only-one"], 2, "usage:"),
     (["/nonexistent/cache", "/tmp/unused"], 1, "/nonexistent/cache is not a directory"),
 ])
-def test_tflite_only_usage_and_missing_cache(args, code, message):
-    ran = subprocess.run([TFLITE_ONLY, *args], capture_output=True, text=True)
+def test_lean_models_usage_and_missing_cache(args, code, message):
+    ran = subprocess.run([LEAN_MODELS, *args], capture_output=True, text=True)
     assert ran.returncode == code and message in ran.stderr
 
 

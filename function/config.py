@@ -303,9 +303,11 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PROMETHEUS_MULTIPROC_DIR": ("metrics_dir", str.strip),
 }
 
-# Without CLASSIFIER_MAX_INFLIGHT_BYTES: this share of the container's memory limit, or
-# the fallback where there is none (a developer's machine).
-INFLIGHT_SHARE = 4
+# Without CLASSIFIER_MAX_INFLIGHT_BYTES: this share of the container's memory limit (split
+# between the workers), or the fallback where there is none (a developer's machine). Under
+# the hostile load run a budget cost about twice itself in resident memory (the bodies, and
+# the allocator's free pages until the burst ends), beside the model and the decode budget.
+INFLIGHT_SHARE = 8
 INFLIGHT_FALLBACK_BYTES = 256 * 1024 * 1024
 
 
@@ -367,12 +369,13 @@ class ModelSpec:
 
 
 def inflight_bytes(settings: Settings, memory_limit: int | None) -> int:
-    """The download budget: CLASSIFIER_MAX_INFLIGHT_BYTES, else a quarter of the container's
-    memory limit (the rest is the interpreter, the model, decoded pixels and the answers),
-    or 256 MiB without a limit; never less than one image may need."""
+    """One worker's download budget: CLASSIFIER_MAX_INFLIGHT_BYTES, else an eighth of the
+    container's memory limit shared by its workers (the rest is the interpreter, the model,
+    decoded pixels and the answers), or 256 MiB without a limit; never less than one image
+    may need."""
     if settings.max_inflight_bytes:
         return settings.max_inflight_bytes
-    share = memory_limit // INFLIGHT_SHARE if memory_limit else INFLIGHT_FALLBACK_BYTES
+    share = memory_limit // INFLIGHT_SHARE // settings.workers if memory_limit else INFLIGHT_FALLBACK_BYTES
     return max(share, settings.max_image_bytes)
 
 

@@ -130,7 +130,8 @@ def test_concurrent_downloads_hold_no_more_than_the_budget_together(server):
     "env, limit, expected",
     [
         ({}, None, 256 * MB),
-        ({}, 1536 * MB, 384 * MB),
+        ({}, 768 * MB, 96 * MB),
+        ({"WORKERS": "2"}, 768 * MB, 48 * MB),  # each worker holds its own downloads
         ({}, 40 * MB, 20 * MB),  # never below one image
         ({"CLASSIFIER_MAX_INFLIGHT_BYTES": "1000"}, 1536 * MB, 1000),
     ],

@@ -162,10 +162,25 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float:
     """The largest `field` (VmHWM: peak resident set; VmRSS: now) among `pid` and its live
     descendants, read from /proc. (A child's ru_maxrss would also count the pages it
     shared with its parent before exec: a parent that imported TensorFlow shows there.)"""
+    return max([_own_rss_mb(pid, field), *(rss_mb(child, field) for child in _children(pid))])
+
+
+def pod_rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """`field` added up over `pid` and its live descendants: what a pod running them holds
+    (an upper bound: pages a worker shares with its master count twice)."""
+    return _own_rss_mb(pid, field) + sum(pod_rss_mb(child, field) for child in _children(pid))
+
+
+def _own_rss_mb(pid: int, field: str) -> float:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except FileNotFoundError:  # exited meanwhile
         return 0.0
-    own = next(int(line.split()[1]) for line in status.splitlines() if line.startswith(field + ":")) / 1024
-    return max([own, *(rss_mb(int(child), field) for child in children)])
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith(field + ":")) / 1024
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []

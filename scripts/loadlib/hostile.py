@@ -25,8 +25,9 @@ from PIL import Image
 from benchlib import procs
 from fixtures import images as test_images
 from fixtures.server import LoopbackServer
+from function.config import inflight_bytes, load_settings
 
-from .driver import Call, HealthPoller, Outcome, Poll, drive, expect_results, rss_mb, summary
+from .driver import Call, HealthPoller, Outcome, Poll, drive, expect_results, pod_rss_mb, summary
 from .faults import GOOD_COLOURS, Target, expected_top
 
 SERVICE = procs.ROOT / "knative" / "service.yaml"
@@ -50,12 +51,14 @@ class Plan:
     settle_seconds: float = 3.0  # after the last answer, before RSS is read again
     seed: int = 0
 
-    def server_env(self, pod_memory: int) -> dict[str, str]:
+    def server_env(self, pod_memory: int, server_env: dict[str, str]) -> dict[str, str]:
+        """`server_env` (the Dockerfile's WORKERS, THREADS...) decides the download budget
+        as the pod would from its cgroup limit, which this machine does not have."""
+        budget = inflight_bytes(load_settings(server_env), pod_memory)
         return {
             "CLASSIFIER_ALLOW_PRIVATE_URLS": "1",  # the "internet" is on loopback
             "CLASSIFIER_REQUEST_READ_DEADLINE": str(self.read_deadline),
-            # what the pod derives from its cgroup limit, which this machine does not have
-            "CLASSIFIER_MAX_INFLIGHT_BYTES": str(pod_memory // 4),
+            "CLASSIFIER_MAX_INFLIGHT_BYTES": str(budget),
             "CLASSIFIER_LOG_LEVEL": "warning",
         }
 
@@ -180,8 +183,9 @@ class Run:
     polls: list[Poll]
     cuts: list[tuple[float, bytes]]
     drippers: int
+    # The server's processes added up (master and workers), as the pod's memory limit counts them
     idle_rss_mb: float  # after the warm-up request (model loaded)
-    peak_rss_mb: float  # VmHWM of the worker at the end
+    peak_rss_mb: float  # VmHWM at the end
     after_rss_mb: float  # VmRSS once the run settled
     pod_memory_mb: float
     attacks: list[Target]
@@ -194,15 +198,15 @@ def run(server: procs.Server, internet: LoopbackServer, plan: Plan, threads: int
     if any("predictions" not in r for r in warm["results"]):
         raise RuntimeError(f"the warm-up request failed: {warm}")
     time.sleep(plan.settle_seconds)
-    idle = rss_mb(server.pid, "VmRSS")
+    idle = pod_rss_mb(server.pid, "VmRSS")
     drippers = 2 * threads
     with HealthPoller(server.base, timeout=30) as poller, \
             Drippers(server.base, drippers, plan.drip_interval, plan.seconds) as dripping:
         outcomes = drive(server.base, Mix(good, attacks, plan), plan.clients, plan.seconds, timeout=300,
                          seed=plan.seed)
     time.sleep(plan.settle_seconds)
-    return Run(outcomes, poller.polls, dripping.cuts, drippers, idle, rss_mb(server.pid),
-               rss_mb(server.pid, "VmRSS"), pod_memory / MB, attacks)
+    return Run(outcomes, poller.polls, dripping.cuts, drippers, idle, pod_rss_mb(server.pid),
+               pod_rss_mb(server.pid, "VmRSS"), pod_memory / MB, attacks)
 
 
 def server_post(base: str, urls: list[str]) -> dict:
@@ -274,7 +278,7 @@ def table(result: dict) -> str:
         f"/healthz   polls {health['polls']}  failed {health['failed']}  p50 {hl.get('p50', 0):.3f} s  "
         f"max {hl.get('max', 0):.3f} s",
         f"RSS        idle {rss['idle']:.1f} MB, peak {rss['peak']:.1f} MB (pod limit {rss['pod_limit']} MB), "
-        f"after {rss['after']:.1f} MB (the gunicorn worker)",
+        f"after {rss['after']:.1f} MB (the server's processes together)",
         "",
     ]
     lines += [f"{'PASS' if ok else 'FAIL'}  {name}" for name, ok in result["invariants"].items()]

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if not model_url:
             model_url, labels_url = serve_stand_in(internet, work)
         prepare_litert(model_url, labels_url, cache_dir)
-        env = {**(plan.server_env(pod_memory) if args.hostile else plan.server_env()),
+        env = {**(plan.server_env(pod_memory, server_env) if args.hostile else plan.server_env()),
                "CLASSIFIER_MODEL_URL": model_url, "CLASSIFIER_LABELS_URL": labels_url,
                "TFHUB_CACHE_DIR": str(cache_dir)}
         with procs.Server(env, work / "server.log") as server:

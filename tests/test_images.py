@@ -200,7 +200,7 @@ def test_formats_outside_the_allowed_list_are_unsupported():
     assert isinstance(decode_error(encode(Image.new("RGB", (8, 8)), "PPM")), UnsupportedFormat)  # not by default
 
 
-@pytest.mark.filterwarnings("error")
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # our check, not Pillow's warning
 def test_a_bomb_fails_alone_in_the_pipeline(use_stand_in, stand_in):
     bomb = stand_in.server.add("/images/bomb.png", test_images.bomb_png(30_000, 30_000), content_type="image/png")
     good = stand_in.image_url("beside-the-bomb.png", (10, 10, 240))

@@ -14,10 +14,11 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import requests
+
+from benchlib import procs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,25 +163,19 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float:
     """The largest `field` (VmHWM: peak resident set; VmRSS: now) among `pid` and its live
     descendants, read from /proc. (A child's ru_maxrss would also count the pages it
     shared with its parent before exec: a parent that imported TensorFlow shows there.)"""
-    return max([_own_rss_mb(pid, field), *(rss_mb(child, field) for child in _children(pid))])
+    return max(_tree_rss_mb(pid, field))
 
 
 def pod_rss_mb(pid: int, field: str = "VmHWM") -> float:
     """`field` added up over `pid` and its live descendants: what a pod running them holds
     (an upper bound: pages a worker shares with its master count twice)."""
-    return _own_rss_mb(pid, field) + sum(pod_rss_mb(child, field) for child in _children(pid))
+    return sum(_tree_rss_mb(pid, field))
 
 
-def _own_rss_mb(pid: int, field: str) -> float:
+def _tree_rss_mb(pid: int, field: str) -> list[float]:
+    """`field` of `pid` and of each live descendant; a process gone meanwhile counts 0."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:  # exited meanwhile
-        return 0.0
-    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith(field + ":")) / 1024
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        own, children = procs.memory_mb(pid)[field], procs.children(pid)
     except FileNotFoundError:
-        return []
+        return [0.0]
+    return [own, *(rss for child in children for rss in _tree_rss_mb(child, field))]

@@ -30,10 +30,9 @@ class _Item:
     # The error as answered, not the exception: a stored exception keeps its traceback,
     # and with it the frames, this item and the image being decoded, alive in a cycle.
     error: dict[str, str] | None = None
-    fetch_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    fetch_cpu: float = 0.0  # this thread's CPU seconds: what a phase costs the instance
-    decode_cpu: float = 0.0
+    # Wall and this thread's CPU seconds of each phase that completed (CPU: what it cost the instance)
+    fetched: metrics.Timer = dataclasses.field(default_factory=metrics.Timer)
+    decoded: metrics.Timer = dataclasses.field(default_factory=metrics.Timer)
 
 
 class Classifier:
@@ -97,11 +96,12 @@ class Classifier:
         with tracing.span("inference", {"classifier.model": lazy.spec.name, "classifier.images": len(prepared)}):
             results = self._predict(prepared, [places[s] for s in sources], loaded, top_k)
         inference = time.perf_counter() - inference_started
-        cpu_ms = {"fetch": sum(i.fetch_cpu for i in prepared), "decode": sum(i.decode_cpu for i in prepared),
+        cpu_ms = {"fetch": sum(i.fetched.cpu_seconds for i in prepared),
+                  "decode": sum(i.decoded.cpu_seconds for i in prepared),
                   "inference": time.thread_time() - inference_cpu}
         timings = {
-            "fetch": max((i.fetch_seconds for i in prepared), default=0.0),
-            "decode": sum(i.decode_seconds for i in prepared),
+            "fetch": max((i.fetched.seconds for i in prepared), default=0.0),
+            "decode": sum(i.decoded.seconds for i in prepared),
             "model_load": load_seconds,
             "model_wait": waited,
             "inference": inference,
@@ -132,13 +132,13 @@ class Classifier:
             with self.download_budget.lease():
                 with metrics.stage("fetch") as fetched, tracing.span("fetch", {"url.full": shown}):
                     data = source.load()
-                item.fetch_seconds, item.fetch_cpu = fetched.seconds, fetched.cpu_seconds
+                item.fetched = fetched
                 with metrics.stage("decode") as decoded, tracing.span("decode"):
                     item.pixels = images.decode(
                         data, spec.input_size, self.settings.max_image_pixels, self.settings.allowed_formats,
                         self.decode_budget,
                     )
-                item.decode_seconds, item.decode_cpu = decoded.seconds, decoded.cpu_seconds
+                item.decoded = decoded
             logger.debug("%s: fetched in %.1f ms, decoded in %.1f ms", shown, fetched.seconds * 1000,
                          decoded.seconds * 1000, extra={"fields": {"event": "image", "image": shown, "outcome": "ok"}})
         except ItemError as exc:

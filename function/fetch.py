@@ -20,7 +20,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from . import budget, guard
+from . import budget, guard, watchdog
 from .config import Settings
 from .errors import (
     FetchFailed,
@@ -150,8 +150,10 @@ class _Deadline:
 
     Socket timeouts count per read, so a server that sends its headers (or a TLS
     handshake, or a chunk header) a byte at a time would hold a worker for as long as
-    it likes. A timer shuts every socket of the download down when the deadline passes,
-    which ends any blocked read at once; the reader then reports a timeout.
+    it likes. The process's watchdog shuts every socket of the download down when the
+    deadline passes, which ends any blocked read at once; the reader then reports a
+    timeout. A download that has ended is never cut: its connection may be serving the
+    next download by then.
     """
 
     _local = threading.local()  # the download running on this thread: sockets find it here
@@ -160,10 +162,10 @@ class _Deadline:
         self.seconds = seconds
         self.expires = time.monotonic() + seconds
         self.expired = False
+        self._ended = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
+        self._alarm: watchdog.Alarm | None = None
 
     @classmethod
     def current(cls) -> "_Deadline | None":
@@ -186,17 +188,21 @@ class _Deadline:
 
     def _expire(self) -> None:
         with self._lock:
+            if self._ended:
+                return
             self.expired = True
             for sock in self._sockets:
                 _shutdown(sock)
 
     def __enter__(self) -> "_Deadline":
         self._local.deadline = self
-        self._timer.start()
+        self._alarm = watchdog.after(self.seconds, self._expire)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._timer.cancel()
+        self._alarm.cancel()
+        with self._lock:
+            self._ended = True
         self._local.deadline = None
 
 

@@ -26,7 +26,6 @@ import functools
 import json
 import selectors
 import socket
-import threading
 import time
 from concurrent import futures
 from http import HTTPStatus
@@ -37,6 +36,7 @@ from gunicorn.http.message import Request
 from gunicorn.http.unreader import IterUnreader, SocketUnreader
 from gunicorn.workers.gthread import ThreadWorker
 
+from . import watchdog
 from .errors import ClassifierError, HeadersTooLarge, RequestLineTooLong, RequestTimeout
 
 PROBES = ("/healthz",)  # served by their own thread: a probe never waits behind a classification
@@ -220,16 +220,15 @@ class ReceivingWorker(ThreadWorker):
 
     def handle(self, conn):
         """Serve in a thread; a request not wholly received is read here under its deadline
-        (a timer shuts the socket's read side when it passes) and closed after the answer."""
+        (the watchdog shuts the socket's read side when it passes) and closed after the answer."""
         if getattr(conn, "whole", True):
             return super().handle(conn)
-        watchdog = threading.Timer(max(0.0, conn.read_deadline - time.monotonic()), _shut_reads, (conn.sock,))
-        watchdog.daemon = True
-        watchdog.start()
+        alarm = watchdog.after(max(0.0, conn.read_deadline - time.monotonic()),
+                               functools.partial(_shut_reads, conn.sock))
         try:
             return super().handle(conn)
         finally:
-            watchdog.cancel()
+            alarm.cancel()
 
     def handle_request(self, req, conn):
         if not getattr(conn, "whole", True):

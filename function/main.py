@@ -12,7 +12,7 @@ from function.pipeline import Classifier
 _settings = load_settings()
 logs.configure(_settings)
 tracing.configure(_settings)
-memory.return_big_buffers()
+memory.tune_malloc()
 _app = HttpApp(Classifier(_settings))
 
 

@@ -12,7 +12,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import statistics
 import tempfile
@@ -34,7 +33,10 @@ from .network import Site
 RUNTIMES = ("litert", "tensorflow")
 PROCESS_TIMEOUT = 300.0
 REQUEST_TIMEOUT = 120.0
-IMAGES_PER_LEVEL = 120  # a throughput level sends at least this many images (and 3 requests a client)
+# A throughput level counts the answers of a steady-state window: it opens once the clients
+# have had RAMP_SECONDS to fill the instance and lasts LEVEL_SECONDS.
+RAMP_SECONDS = 1.0
+LEVEL_SECONDS = 5.0
 WARM_UP_TRIES = 20
 CPUS = os.cpu_count() or 1
 
@@ -279,35 +281,53 @@ def _warm_up(server: procs.Server, urls: list[str]) -> None:
     raise RuntimeError(f"not every one of {workers} workers loaded its model in {WARM_UP_TRIES} tries")
 
 
-def _throughput(server: procs.Server, urls: list[str], concurrency: int) -> dict:
-    """`concurrency` clients, each sending 5-URL requests back to back. Where the CPUs went
-    per image: the instance (and, from its log lines, its phases), this process (clients
-    and image server), everyone else, and idle (the instance's threads waiting)."""
-    per_client = max(3, math.ceil(IMAGES_PER_LEVEL / (len(urls) * concurrency)))
-    local = threading.local()
+def _throughput(server: procs.Server, urls: list[str], concurrency: int,
+                seconds: float = LEVEL_SECONDS, ramp: float = RAMP_SECONDS) -> dict:
+    """`concurrency` clients, each sending 5-URL requests back to back, and what the
+    instance does in steady state: only the requests answered inside a window count, one
+    that opens `ramp` s after the clients start and closes `seconds` later. (Counting from
+    the first request sent to the last answered also counted the end, where the clients
+    finish one by one and the instance idles: at 32 clients of 3 requests each, that took
+    5-10 % off.) Where the CPUs went per image in the window: the instance (and, from its
+    log lines, its phases), this process (clients and image server), everyone else, and
+    idle (the instance's threads waiting)."""
+    closed = threading.Event()
 
-    def client(_) -> list[float]:
-        local.session = getattr(local, "session", None) or _session()
-        return [_timed_post(local.session, server.base, urls)[0] for _ in range(per_client)]
+    def client(_) -> list[tuple[float, float]]:
+        session, answered = _session(), []
+        while not closed.is_set():
+            started = time.perf_counter()
+            _post(session, server.base, urls)
+            answered.append((started, time.perf_counter()))
+        return answered
 
-    def mark() -> tuple[float, float, float, float]:
-        return time.perf_counter(), server.cpu_seconds(), time.process_time(), procs.machine_busy_seconds()
+    def mark() -> tuple[float, float, float, float, int]:
+        return (time.perf_counter(), server.cpu_seconds(), time.process_time(), procs.machine_busy_seconds(),
+                server.log_path.stat().st_size)
 
-    logged = server.log_path.stat().st_size
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        t0, server0, bench0, machine0 = mark()
-        latencies = [s for batch in pool.map(client, range(concurrency)) for s in batch]
-        t1, server1, bench1, machine1 = mark()
+        clients = [pool.submit(client, index) for index in range(concurrency)]
+        time.sleep(ramp)
+        t0, server0, bench0, machine0, logged0 = mark()
+        time.sleep(seconds)
+        t1, server1, bench1, machine1, logged1 = mark()
+        closed.set()
+        answered = [times for done in clients for times in done.result()]
+    latencies = [end - start for start, end in answered if t0 <= end <= t1]
+    if not latencies:
+        raise RuntimeError(f"no request was answered within the {seconds:g} s window at {concurrency} clients")
     images, wall = len(latencies) * len(urls), t1 - t0
     server_cpu, bench_cpu, busy = server1 - server0, bench1 - bench0, machine1 - machine0
     per_image = lambda seconds: 1000 * seconds / images  # noqa: E731
-    phases = [e["cpu_ms"] for e in _log_events(server.log_path, logged) if "cpu_ms" in e]
+    logged = [e for e in _log_events(server.log_path, logged0, logged1) if "cpu_ms" in e]
+    logged_images = sum(e["count"] for e in logged) or 1
     return {"concurrency": concurrency, "requests": len(latencies), "images_per_s": images / wall,
             "latency_s": summary(latencies), "others_cpu_share": max(0.0, busy - server_cpu - bench_cpu) / (CPUS * wall),
             "cpu_ms_per_image": {"server": per_image(server_cpu), "bench": per_image(bench_cpu),
                                  "others": per_image(busy - server_cpu - bench_cpu),
                                  "idle": per_image(CPUS * wall - busy)},
-            "server_phases_cpu_ms_per_image": {phase: sum(p[phase] for p in phases) / images
+            # the requests the instance logged in the window: their phases per image they served
+            "server_phases_cpu_ms_per_image": {phase: sum(e["cpu_ms"][phase] for e in logged) / logged_images
                                                for phase in ("fetch", "decode", "inference")}}
 
 
@@ -327,11 +347,18 @@ def _json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-def _log_events(path: Path, offset: int = 0) -> list[dict]:
-    """The JSON log lines a server wrote from byte `offset` of its log on."""
+def _log_events(path: Path, start: int = 0, end: int | None = None) -> list[dict]:
+    """The JSON log lines a server wrote between bytes `start` and `end` of its log (to its
+    end without `end`): whole lines only, a line either offset cuts belongs to neither side."""
     with open(path, "rb") as log:
-        log.seek(offset)
-        return _json_lines(log.read().decode(errors="replace"))
+        log.seek(max(0, start - 1))
+        whole_first = start == 0 or log.read(1) == b"\n"
+        data = log.read() if end is None else log.read(max(0, end - start))
+    if not whole_first:
+        data = data.partition(b"\n")[2]
+    if end is not None:
+        data = data[:data.rfind(b"\n") + 1]
+    return _json_lines(data.decode(errors="replace"))
 
 
 def _top3(lines: list[dict]) -> dict[str, list[str]]:

@@ -20,7 +20,7 @@ import requests
 
 from benchlib import corpus, network, procs
 
-from .driver import Call, drive, expect_results, rss_mb, summary
+from .driver import Call, drive, expect_results, pod_rss_mb, rss_mb, summary
 
 REQUEST_TIMEOUT = 120.0
 
@@ -92,7 +92,9 @@ def level(server: procs.Server, call: Call, concurrency: int, plan: Plan) -> dic
         "server_cores": round(cpu / elapsed, 2),  # CPU seconds per second: cores kept busy
         # what a request costs, whatever else runs on the machine: capacity per core = 1 / this
         "server_cpu_s_per_request": round(cpu / len(ok), 3) if ok else None,
-        "rss_mb": {"VmRSS": round(rss_mb(server.pid, "VmRSS"), 1), "VmHWM": round(rss_mb(server.pid), 1)},
+        # the largest process's, and all of them added up: what the pod's memory request must hold
+        "rss_mb": {"VmRSS": round(rss_mb(server.pid, "VmRSS"), 1), "VmHWM": round(rss_mb(server.pid), 1),
+                   "pod_VmHWM": round(pod_rss_mb(server.pid), 1)},
         "problems": [p for o in outcomes for p in o.problems][:5] + [o.error for o in outcomes if o.error][:5],
     }
 
@@ -117,7 +119,8 @@ def instance(env: Mapping[str, str], urls: Sequence[str], plan: Plan, log_path: 
     return {"threads": int(server_threads(env)), "workers": int(procs.dockerfile_env(["WORKERS"])["WORKERS"]),
             "images_per_request": len(call.tags),
             "first_request_s": round(first_s, 3), "rss_after_warmup_mb": round(warm_rss, 1),
-            "peak_rss_mb": max(lvl["rss_mb"]["VmHWM"] for lvl in levels), "levels": levels}
+            "peak_rss_mb": max(lvl["rss_mb"]["VmHWM"] for lvl in levels),
+            "pod_peak_rss_mb": max(lvl["rss_mb"]["pod_VmHWM"] for lvl in levels), "levels": levels}
 
 
 def server_threads(env: Mapping[str, str]) -> str:
@@ -135,11 +138,12 @@ def table(result: dict) -> str:
              f"or {result['plan']['max_requests']} requests; {result['cpus']} CPUs, load average "
              f"{' -> '.join(map(str, result['load_average']))} (before -> after)"]
     header = (f"{'clients':>7} {'reqs':>5} {'errors':>6} {'req/s':>6} {'img/s':>6} {'p50 s':>6} {'p95 s':>6} "
-              f"{'p99 s':>6} {'cores':>5} {'CPU s/req':>9} {'VmRSS MB':>8} {'VmHWM MB':>8}")
+              f"{'p99 s':>6} {'cores':>5} {'CPU s/req':>9} {'VmRSS MB':>8} {'VmHWM MB':>8} {'pod MB':>6}")
     for inst in result["instances"]:
         lines += ["", f"THREADS={inst['threads']} (WORKERS={inst['workers']}): first request {inst['first_request_s']:.2f} s "
                       f"(model load), RSS after it {inst['rss_after_warmup_mb']:.0f} MB, "
-                      f"peak (VmHWM) {inst['peak_rss_mb']:.0f} MB", header]
+                      f"peak (VmHWM) {inst['peak_rss_mb']:.0f} MB, the pod's processes together "
+                      f"{inst['pod_peak_rss_mb']:.0f} MB", header]
         for lvl in inst["levels"]:
             lat = lvl["latency_s"]
             lines.append(
@@ -147,7 +151,7 @@ def table(result: dict) -> str:
                 f"{lvl['images_per_s']:>6.1f} {lat.get('p50', 0):>6.3f} {lat.get('p95', 0):>6.3f} "
                 f"{lat.get('p99', 0):>6.3f} {lvl['server_cores']:>5.2f} {lvl['server_cpu_s_per_request'] or 0:>9.3f} "
                 f"{lvl['rss_mb']['VmRSS']:>8.0f} "
-                f"{lvl['rss_mb']['VmHWM']:>8.0f}")
+                f"{lvl['rss_mb']['VmHWM']:>8.0f} {lvl['rss_mb']['pod_VmHWM']:>6.0f}")
             lines += [f"        problem: {p}" for p in lvl["problems"]]
     return "\n".join(lines)
 

@@ -119,6 +119,33 @@ def test_server_settings_come_from_the_dockerfile():
     assert int(env["WORKERS"]) >= 1 and int(env["THREADS"]) >= 1 and int(env["CLASSIFIER_LITERT_THREADS"]) >= 0
 
 
+def test_probe_samples_are_per_call_means_of_several_calls(monkeypatch, tmp_path):
+    """A sample times CALLS_PER_SAMPLE calls in a row and reports per call: a helper
+    thread's CPU spilling past one call's end is spread over several calls."""
+    import types
+
+    from benchlib import probe
+
+    calls = {"2": 0, "1": 0}
+
+    def fake(name):
+        def probabilities(batch):
+            calls[name] += 1
+            time.sleep(0.002)
+            return np.full((len(batch), 4), 0.25, dtype=np.float32)
+        return types.SimpleNamespace(spec=types.SimpleNamespace(input_size=(8, 8)), probabilities=probabilities)
+
+    monkeypatch.setattr(probe, "_load", lambda threads: ({name: fake(name) for name in calls}, {"runtime": "litert"}))
+    monkeypatch.setattr(probe, "_fixture_batch", lambda corpus, spec: np.zeros((2, 8, 8, 3), np.float32))
+    result = probe.infer(None, [1, 5], repeat=3, threads=[2, 1], scores_path=None)
+    first = 1  # the first-inference call, on the first setting only
+    assert calls == {"2": first + 2 * (1 + 3 * probe.CALLS_PER_SAMPLE), "1": 2 * (1 + 3 * probe.CALLS_PER_SAMPLE)}
+    for timed in result["settings"].values():
+        for size in ("1", "5"):
+            assert len(timed["wall_s"][size]) == 3
+            assert all(0.002 <= wall < 0.006 for wall in timed["wall_s"][size]), timed["wall_s"][size]
+
+
 def test_probe_infers_and_measures_decode_levers_on_the_stand_in(use_stand_in, tmp_path):
     from benchlib import probe
 

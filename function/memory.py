@@ -12,7 +12,7 @@ from pathlib import Path
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, <malloc.h>
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 1024 * 1024
+MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
 TRIM_THRESHOLD_BYTES = 4 * 1024 * 1024
 # cgroup v2, then v1: where a container's memory limit is read from
 CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
@@ -34,13 +34,16 @@ def tune_malloc() -> bool:
 
     glibc serves allocations below a threshold from per-thread heaps that keep what is
     freed, and raises that threshold (up to 32 MiB) whenever a bigger buffer is freed: after
-    one decoded image, image-sized buffers come from heaps, and each of up to 8 x cores
-    heaps keeps its own peak. A fixed 1 MiB threshold sends them to mmap, returned on free.
+    one big image, buffers of that size come from heaps, and each of up to 8 x cores heaps
+    keeps its own peak (the hostile run peaked at 897 MB, over the pod's limit). A fixed
+    4 MiB threshold sends the big ones (20 MB downloads, full-size decodes) to mmap,
+    returned on free, while a photo's body (0.1-3 MB) still comes from a heap: at 1 MiB,
+    each one was fresh pages to fault in, ~0.7 ms of CPU per image at full load.
     Fixing it also fixes the trim threshold at its 128 KiB default: a heap then gives back
-    its free top on nearly every request and faults it in again on the next, which cost
-    about 1 ms of CPU per image at full load (interleaved runs at 32 clients). Each heap
-    keeps up to 4 MiB instead: the hostile run's peak memory did not move (16 MiB added
-    90 MB to it), and `trim` still empties them all when the process goes idle.
+    its free top on nearly every request and faults it in again on the next, ~1 ms of CPU
+    per image more. Each heap keeps up to 4 MiB instead (16 MiB added 90 MB to the hostile
+    run's peak); `trim` still empties them all when the process goes idle. Measured in
+    interleaved runs at 32 clients and in `scripts/loadtest --hostile` (docs/performance.md).
     True if set; False where the C library is not glibc (nothing to tune)."""
     try:
         return bool(_LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)

@@ -29,12 +29,17 @@ print(rss() - before)
 """
 
 
-def test_buffers_freed_by_many_threads_leave_the_process():
-    """In a fresh process; glibc's defaults keep about 110 MiB of this resident."""
-    done = subprocess.run([sys.executable, "-c", CHURN], cwd=ROOT, env=python_env({}),
+def _in_a_fresh_process(script: str) -> str:
+    """What `script` prints, run in a new interpreter: a heap's history is per process."""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=python_env({}),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert float(done.stdout) < 16
+    return done.stdout
+
+
+def test_buffers_freed_by_many_threads_leave_the_process():
+    """In a fresh process; glibc's defaults keep about 110 MiB of this resident."""
+    assert float(_in_a_fresh_process(CHURN)) < 16
 
 
 BURST = """
@@ -63,10 +68,7 @@ print(rss() - before)
 def test_a_burst_of_downloads_gives_its_memory_back_when_the_last_request_ends():
     """In a fresh process: 32 concurrent downloads' 64 KiB chunks sit below the mmap
     threshold; freed under a live object, per-thread heaps keep them without the trim."""
-    done = subprocess.run([sys.executable, "-c", BURST], cwd=ROOT, env=python_env({}),
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert float(done.stdout) < 24
+    assert float(_in_a_fresh_process(BURST)) < 24
 
 
 REUSE = """
@@ -99,10 +101,7 @@ def test_a_heap_keeps_what_the_next_request_reuses():
     threshold, each of these requests gave its chunks back and faulted them in again, and
     with a 1 MiB mmap threshold its body was fresh pages each time (~20 000 page faults
     either way); kept, they fault nothing."""
-    done = subprocess.run([sys.executable, "-c", REUSE], cwd=ROOT, env=python_env({}),
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert int(done.stdout) < 500
+    assert int(_in_a_fresh_process(REUSE)) < 500
 
 
 def test_the_container_memory_limit_comes_from_its_cgroup(tmp_path):

@@ -2,9 +2,9 @@
 
 Every download (and every request still arriving) has a deadline that shuts its socket
 when it passes. A `threading.Timer` per deadline starts and joins an OS thread for each
-image: at loopback speed that cost about a quarter of a millisecond of CPU per image,
-a fifth of what reading the image costs (docs/performance.md). Here one thread waits
-for the earliest deadline instead, and a deadline that ends in time is only marked.
+image: at loopback speed that cost about a quarter of a millisecond of CPU per image
+(docs/performance.md, Levers). Here one thread waits for the earliest deadline instead,
+and a deadline that ends in time is only marked.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Alarm:
 
 
 class Watchdog:
-    """Runs each alarm's callback on its own thread, started on first use."""
+    """Runs every alarm's callback on one thread of its own, started on first use."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()

@@ -76,6 +76,16 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def tree_memory_mb(pid: int, field: str = "VmHWM") -> list[float]:
+    """`field` (VmRSS or VmHWM) of `pid` and of each live descendant; a process gone
+    meanwhile counts 0."""
+    try:
+        own, below = memory_mb(pid)[field], children(pid)
+    except FileNotFoundError:
+        return [0.0]
+    return [own, *(mb for child in below for mb in tree_memory_mb(child, field))]
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU time of `pid` and its live descendants (Linux /proc)."""
     try:

@@ -163,8 +163,7 @@ class Server(procs.Server):
     def memory_mb(self, field: str = "VmHWM") -> float:
         """`field` summed over the app's processes: VmHWM is each one's peak resident set, so
         the sum bounds the container's peak from above (pages a fork shares count twice)."""
-        kib = (int(_status(pid).get(field, "0 kB").split()[0]) for pid in self.processes())
-        return sum(kib) / 1024
+        return sum(procs.tree_memory_mb(self._app, field)) if self._app else 0.0
 
     def uids(self) -> set[int]:
         """Real, effective, saved and filesystem uids of every process of the app."""

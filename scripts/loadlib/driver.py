@@ -163,19 +163,10 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float:
     """The largest `field` (VmHWM: peak resident set; VmRSS: now) among `pid` and its live
     descendants, read from /proc. (A child's ru_maxrss would also count the pages it
     shared with its parent before exec: a parent that imported TensorFlow shows there.)"""
-    return max(_tree_rss_mb(pid, field))
+    return max(procs.tree_memory_mb(pid, field))
 
 
 def pod_rss_mb(pid: int, field: str = "VmHWM") -> float:
     """`field` added up over `pid` and its live descendants: what a pod running them holds
     (an upper bound: pages a worker shares with its master count twice)."""
-    return sum(_tree_rss_mb(pid, field))
-
-
-def _tree_rss_mb(pid: int, field: str) -> list[float]:
-    """`field` of `pid` and of each live descendant; a process gone meanwhile counts 0."""
-    try:
-        own, children = procs.memory_mb(pid)[field], procs.children(pid)
-    except FileNotFoundError:
-        return [0.0]
-    return [own, *(rss for child in children for rss in _tree_rss_mb(child, field))]
+    return sum(procs.tree_memory_mb(pid, field))

@@ -152,18 +152,22 @@ def app_client(use_stand_in):
     return function_client()
 
 
-def run_loadtest(mode: str, stand_in: StandIn, out: pathlib.Path, timeout: float) -> subprocess.CompletedProcess:
-    """`scripts/loadtest MODE --quick --json-out OUT` on the stand-in. The model is converted
-    here first, where TensorFlow is loaded already: the script and its instance start without it."""
+def run_loadtest(mode: str, stand_in: StandIn, out: pathlib.Path,
+                 timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
+    """`scripts/loadtest MODE --quick --json-out OUT` on the stand-in, which must pass: the
+    finished process and the results it wrote. The model is converted here first, where
+    TensorFlow is loaded already: the script and its instance start without it."""
     from function import runtime
     from function.config import ModelSpec
 
     runtime.tflite_path(ModelSpec("birds", stand_in.model_url, stand_in.labels_url), str(stand_in.cache_dir))
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "scripts/loadtest", mode, "--quick", "--json-out", str(out), "--model-url",
          stand_in.model_url, "--labels-url", stand_in.labels_url, "--cache-dir", str(stand_in.cache_dir)],
         cwd=ROOT, env=python_env({}), capture_output=True, text=True, timeout=timeout,
     )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    return done, json.loads(out.read_text())
 
 
 def python_env(extra: dict[str, str]) -> dict[str, str]:

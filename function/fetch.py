@@ -292,7 +292,7 @@ def _read_body(response: requests.Response, settings: Settings, deadline: _Deadl
             raise TooLarge(f"image is larger than the limit of {limit} bytes")
         chunks.append(chunk)
     if deadline.expired:  # the end of the body, or the watchdog's shutdown
-        raise FetchTimeout(f"download took longer than {settings.fetch_deadline:g} s")
+        raise _too_slow(settings)
     if lease is not None:
         lease.shrink(size)  # what an unknown length reserved beyond the body goes back at once
     return b"".join(chunks)
@@ -314,7 +314,7 @@ def _receive(raw, settings: Settings, deadline: _Deadline, read: Callable[[], by
     """`read()` of the body, each recv bounded by the read timeout and the deadline."""
     remaining = deadline.remaining()
     if remaining <= 0:
-        raise FetchTimeout(f"download took longer than {settings.fetch_deadline:g} s")
+        raise _too_slow(settings)
     # Looked up each time: once the last byte is read urllib3 releases the connection,
     # closing its socket when the pool is full (more downloads than pool slots).
     sock = getattr(getattr(raw, "connection", None), "sock", None)
@@ -331,7 +331,7 @@ def _receive(raw, settings: Settings, deadline: _Deadline, read: Callable[[], by
 def _raise_cut_short(deadline: _Deadline, settings: Settings, message: str, cause: BaseException | None = None):
     """A body that ended early: the watchdog's doing (a timeout) or the server's."""
     if deadline.expired:
-        raise FetchTimeout(f"download took longer than {settings.fetch_deadline:g} s") from cause
+        raise _too_slow(settings) from cause
     raise FetchFailed(message) from cause
 
 
@@ -342,3 +342,8 @@ def _reason(exc: BaseException) -> str:
         root = root.__cause__ or root.__context__
     text = str(root)
     return text if text and "://" not in text else type(root).__name__
+
+
+def _too_slow(settings: Settings) -> FetchTimeout:
+    """The one answer for a body not in within the download's deadline, wherever it shows."""
+    return FetchTimeout(f"download took longer than {settings.fetch_deadline:g} s")

@@ -13,8 +13,6 @@ import dataclasses
 import re
 from urllib.parse import quote, urlsplit
 
-import requests
-
 from . import fetch, guard
 from .config import Settings
 from .errors import BadRequest, ForbiddenUrl
@@ -110,29 +108,18 @@ def _default_port(scheme: str) -> int:
     return 443 if scheme.lower() == "https" else 80
 
 
-class PinnedAdapter(fetch.GuardedAdapter):
-    """A guarded adapter that sends nothing to a URL outside its origins: the first
-    request and every redirect hop alike (fetch.fetch sends each hop itself)."""
-
-    def __init__(self, origins: list[Origin], allow_private: bool, resolver: guard.Resolver, pool_size: int):
-        self.origins = origins
-        super().__init__(allow_private, resolver, pool_size)
-
-    def send(self, request, *args, **kwargs):
-        if not any(origin.admits(request.url) for origin in self.origins):
-            raise ForbiddenUrl(f"{redact(request.url)} is not on the host of the object URL template: "
-                               "storage objects are read from there only")
-        return super().send(request, *args, **kwargs)
-
-
-def object_session(settings: Settings, resolver: guard.Resolver = guard.system_resolver) -> requests.Session:
-    """The session storage events fetch with: the template's origin only. A template the
-    operator set names their own host, which may be private (an in-cluster MinIO); no
+def object_session(settings: Settings, resolver: guard.Resolver = guard.system_resolver) -> fetch.Session:
+    """The session storage events fetch with: the template's origin only, the first
+    request and every redirect hop alike (fetch.fetch sends each hop itself). A template
+    the operator set names their own host, which may be private (an in-cluster MinIO); no
     other private address is reachable, since no other host is."""
     templates = [settings.object_url_template] if settings.object_url_template else list(DEFAULT_TEMPLATES.values())
+    origins = [Origin.of(t) for t in templates]
+
+    def admit(url: str) -> None:
+        if not any(origin.admits(url) for origin in origins):
+            raise ForbiddenUrl(f"{redact(url)} is not on the host of the object URL template: "
+                               "storage objects are read from there only")
+
     allow_private = bool(settings.object_url_template) or settings.allow_private_urls
-    adapter = PinnedAdapter([Origin.of(t) for t in templates], allow_private, resolver, settings.fetch_workers * 4)
-    session = fetch.make_session(settings, resolver)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+    return fetch.make_session(settings, resolver, allow_private=allow_private, admit=admit)

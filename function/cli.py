@@ -21,8 +21,6 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NoReturn
 
-import requests
-
 from . import fetch, files, logs
 from .config import ConfigError, Settings, choose_model, load_settings, model_specs
 from .errors import BadRequest, ClassifierError, UnknownModel
@@ -148,7 +146,7 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _sources(args: argparse.Namespace, settings: Settings, session: requests.Session) -> Iterator[Source]:
+def _sources(args: argparse.Namespace, settings: Settings, session: fetch.Session) -> Iterator[Source]:
     """In argument order: URLs as given, local arguments expanded as they are reached."""
     for arg in args.sources:
         if URL.match(arg):

@@ -1,22 +1,21 @@
 """Download strangers' images: guarded connections, bounded bodies, one overall deadline.
 
 Every failure becomes an `ItemError` here (translated at the boundary), so callers
-never see a requests or urllib3 exception.
+never see a urllib3 or socket exception.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from urllib.parse import urljoin
 
-import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -96,50 +95,49 @@ class _GuardedHTTPSPool(_GuardedPoolMixin, HTTPSConnectionPool):
     ConnectionCls = _GuardedHTTPSConnection
 
 
-class _GuardedPoolManager(urllib3.PoolManager):
-    def __init__(self, resolve_checked, **kwargs):
+class Session(urllib3.PoolManager):
+    """The process's pooled client for strangers' URLs: every connection passes
+    `guard.resolve` first, and `admit` (when set) may refuse a URL before anything is
+    sent. urllib3 itself rather than requests: requests' per-request work (preparing,
+    merging settings, hooks, cookies) cost a third of a download's CPU under load, and
+    `fetch` does everything else requests would (redirects, timeouts, errors) itself."""
+
+    def __init__(self, resolve_checked: Callable, admit: Callable[[str], None] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
         self.resolve_checked = resolve_checked
+        self.admit = admit
 
     def _new_pool(self, scheme, host, port, request_context=None):
         pool = super()._new_pool(scheme, host, port, request_context)
         pool.resolve_checked = self.resolve_checked
         return pool
 
-
-class GuardedAdapter(HTTPAdapter):
-    """A requests adapter whose every connection passes `guard.resolve` first."""
-
-    def __init__(self, allow_private: bool, resolver: guard.Resolver, pool_size: int):
-        self._resolve_checked = functools.partial(
-            _resolve_checked, allow_private=allow_private, resolver=resolver
-        )
-        super().__init__(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
-
-    def init_poolmanager(self, connections, maxsize, block=False, **pool_kwargs):
-        self.poolmanager = _GuardedPoolManager(
-            self._resolve_checked,
-            num_pools=connections,
-            maxsize=maxsize,
-            block=block,
-            **pool_kwargs,
-        )
+    def urlopen(self, method, url, redirect=True, **kw):
+        if self.admit is not None:
+            self.admit(url)
+        return super().urlopen(method, url, redirect=redirect, **kw)
 
 
 def _resolve_checked(host, port, *, allow_private, resolver):
     return guard.resolve(host, port, allow_private, resolver)
 
 
-def make_session(settings: Settings, resolver: guard.Resolver = guard.system_resolver) -> requests.Session:
-    """One pooled session per process; proxies from the environment are ignored."""
-    session = requests.Session()
-    session.trust_env = False  # a proxy would be the address we connect to, unchecked
-    session.headers["User-Agent"] = USER_AGENT
-    adapter = GuardedAdapter(settings.allow_private_urls, resolver, settings.fetch_workers * 4)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+def make_session(settings: Settings, resolver: guard.Resolver = guard.system_resolver, *,
+                 allow_private: bool | None = None, admit: Callable[[str], None] | None = None) -> Session:
+    """One pooled session per process. Proxies from the environment are never used (a
+    proxy would be the address we connect to, unchecked). `allow_private` defaults to the
+    settings' `allow_private_urls`; `admit(url)` raises an ItemError for a URL this session
+    must not reach."""
+    allow = settings.allow_private_urls if allow_private is None else allow_private
+    size = settings.fetch_workers * 4
+    return Session(
+        functools.partial(_resolve_checked, allow_private=allow, resolver=resolver), admit,
+        num_pools=size, maxsize=size,
+        # what requests sent: compressed bodies are welcome (and inflated within the size limit)
+        headers={"User-Agent": USER_AGENT, "Accept": "*/*",
+                 "Accept-Encoding": urllib3.util.make_headers(accept_encoding=True)["accept-encoding"]},
+    )
 
 
 # --- one download ------------------------------------------------------------------
@@ -213,63 +211,73 @@ def _shutdown(sock: socket.socket) -> None:
         pass  # already closed
 
 
-def url_source(session: requests.Session, url: str, settings: Settings) -> Source:
+def url_source(session: Session, url: str, settings: Settings) -> Source:
     """`url` as a Source: downloaded by `fetch` when the pipeline loads it."""
     return Source(url, functools.partial(fetch, session, url, settings))
 
 
-def fetch(session: requests.Session, url: str, settings: Settings,
-          headers: Mapping[str, str] | None = None) -> bytes:
+def fetch(session: Session, url: str, settings: Settings, headers: Mapping[str, str] | None = None) -> bytes:
     """The body of `url`, or an ItemError saying why not.
 
-    `headers` (a bucket's Authorization) go to `url` and same-origin redirects only,
-    by requests' own rule for stripping credentials on a redirect.
+    `headers` (a bucket's Authorization) go to `url` and its same-origin redirects only:
+    urllib3's own rule for the headers its redirects drop.
     """
     guard.check_url(url, settings.max_url_length)
     with _Deadline(settings.fetch_deadline) as deadline:
         for _ in range(settings.max_redirects + 1):
-            response = _get(session, url, settings, deadline, headers)
-            with response:
-                if response.is_redirect:
-                    target = urljoin(url, response.headers["location"])
+            with _get(session, url, settings, deadline, headers) as response:
+                location = response.get_redirect_location()
+                if location:
+                    target = urljoin(url, location)
                     guard.check_url(target, settings.max_url_length)
-                    if headers and session.should_strip_auth(url, target):
+                    if headers and not session.connection_from_url(url).is_same_host(target):
                         headers = None
                     url = target
                     continue
-                if not 200 <= response.status_code < 300:
-                    raise HttpStatus(
-                        f"image server answered {response.status_code} {response.reason}",
-                        response.status_code,
-                    )
+                if not 200 <= response.status < 300:
+                    raise HttpStatus(f"image server answered {response.status} {response.reason}", response.status)
                 return _read_body(response, settings, deadline)
     raise TooManyRedirects(f"more than {settings.max_redirects} redirects")
 
 
-def _get(session: requests.Session, url: str, settings: Settings, deadline: _Deadline,
-         headers: Mapping[str, str] | None) -> requests.Response:
+@contextlib.contextmanager
+def _get(session: Session, url: str, settings: Settings, deadline: _Deadline,
+         headers: Mapping[str, str] | None) -> Iterator[urllib3.BaseHTTPResponse]:
+    """The response to GET `url`, its head read and its body not; its connection goes back
+    to the pool only when the body was read to the end (else it is closed)."""
     remaining = deadline.remaining()
     if remaining <= 0:
         raise FetchTimeout(f"no answer within {settings.fetch_deadline:g} s")
-    timeout = (min(settings.connect_timeout, remaining), min(settings.read_timeout, remaining))
+    timeout = urllib3.Timeout(connect=min(settings.connect_timeout, remaining),
+                              read=min(settings.read_timeout, remaining))
     try:
-        return session.get(url, headers=headers, stream=True, timeout=timeout, allow_redirects=False)
-    except ItemError:
-        raise
-    except requests.Timeout as exc:
+        response = session.urlopen("GET", url, headers={**session.headers, **(headers or {})}, timeout=timeout,
+                                   redirect=False, retries=False, preload_content=False)
+    except urllib3.exceptions.NewConnectionError as exc:  # also a ConnectTimeoutError, for history's sake
+        raise _failed(exc, deadline, settings) from exc
+    except urllib3.exceptions.TimeoutError as exc:
         raise FetchTimeout(f"timed out: {_reason(exc)}") from exc
-    except requests.RequestException as exc:
-        if deadline.expired:  # the watchdog cut the connection
-            raise FetchTimeout(f"no answer within {settings.fetch_deadline:g} s") from exc
-        raise FetchFailed(f"could not fetch: {_reason(exc)}") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise _failed(exc, deadline, settings) from exc
+    try:
+        yield response
+    finally:
+        if not response.isclosed():
+            response.close()  # an unread body: the connection cannot serve another request
+        response.release_conn()
 
 
-def _read_body(response: requests.Response, settings: Settings, deadline: _Deadline) -> bytes:
+def _failed(exc: BaseException, deadline: _Deadline, settings: Settings) -> ItemError:
+    if deadline.expired:  # the watchdog cut the connection
+        return FetchTimeout(f"no answer within {settings.fetch_deadline:g} s")
+    return FetchFailed(f"could not fetch: {_reason(exc)}")
+
+
+def _read_body(response: urllib3.BaseHTTPResponse, settings: Settings, deadline: _Deadline) -> bytes:
     limit = settings.max_image_bytes
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"image is {int(declared)} bytes, the limit is {limit}")
-    raw = response.raw
     # The size in memory is known up front only for a declared length without content coding
     # (a gzip of one megabyte may inflate to a gigabyte; it is cut at the limit).
     known = declared.isdigit() and response.headers.get("content-encoding", "identity").strip().lower() == "identity"
@@ -280,13 +288,13 @@ def _read_body(response: requests.Response, settings: Settings, deadline: _Deadl
         # The usual body in one read: its bytes land in one buffer from C, with no Python
         # loop, chunk list or join (that cost twice the CPU at loopback speed; see
         # docs/performance.md). Each recv still times out, and the watchdog still cuts it.
-        body = _receive(raw, settings, deadline, lambda: raw.read(int(declared), decode_content=False))
+        body = _receive(response, settings, deadline, lambda: response.read(int(declared), decode_content=False))
         if len(body) < int(declared):
             _raise_cut_short(deadline, settings, f"connection closed after {len(body)} of {declared} bytes")
         return body
     chunks: list[bytes] = []
     size = 0
-    while chunk := _receive(raw, settings, deadline, lambda: raw.read1(CHUNK_BYTES, decode_content=True)):
+    while chunk := _receive(response, settings, deadline, lambda: response.read1(CHUNK_BYTES, decode_content=True)):
         size += len(chunk)
         if size > limit:
             raise TooLarge(f"image is larger than the limit of {limit} bytes")
@@ -310,14 +318,14 @@ def _reserve(lease: budget.Lease, need: int, settings: Settings, deadline: _Dead
         ) from None
 
 
-def _receive(raw, settings: Settings, deadline: _Deadline, read: Callable[[], bytes]) -> bytes:
+def _receive(response: urllib3.BaseHTTPResponse, settings: Settings, deadline: _Deadline, read: Callable[[], bytes]) -> bytes:
     """`read()` of the body, each recv bounded by the read timeout and the deadline."""
     remaining = deadline.remaining()
     if remaining <= 0:
         raise _too_slow(settings)
     # Looked up each time: once the last byte is read urllib3 releases the connection,
     # closing its socket when the pool is full (more downloads than pool slots).
-    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    sock = getattr(response.connection, "sock", None)
     if sock is not None:  # a stalled read times out without waiting for the watchdog
         sock.settimeout(min(settings.read_timeout, remaining))
     try:

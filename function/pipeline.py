@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import requests
 
 from . import fetch, images, memory, metrics, request_context, tracing
 from .budget import Budget
@@ -38,7 +37,7 @@ class _Item:
 class Classifier:
     """Holds what lives as long as the process: settings, HTTP session, models."""
 
-    def __init__(self, settings: Settings, session: requests.Session | None = None,
+    def __init__(self, settings: Settings, session: fetch.Session | None = None,
                  models: Sequence[ModelSpec] | None = None):
         self.settings = settings
         self.session = session or fetch.make_session(settings)

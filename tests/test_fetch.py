@@ -115,6 +115,28 @@ def test_body_shorter_than_its_declared_length_is_fetch_failed(server):
     assert f"{len(body)} of {len(body) + 1000} bytes" in error.message
 
 
+# --- what is sent --------------------------------------------------------------------
+
+
+def test_credentials_follow_same_origin_redirects_only(server):
+    """A bucket's Authorization goes to its URL and same-origin hops; a hop to another
+    origin (here another port) gets none, and every hop says who is asking."""
+    config = settings()
+    session = fetch.make_session(config)
+    with LoopbackServer() as other:
+        elsewhere = other.add("/there.png", b"\x89PNG there")
+        server.add("/here.png", b"\x89PNG here")
+        server.add("/same.png", status=302, headers={"Location": "/here.png"})
+        server.add("/away.png", status=302, headers={"Location": elsewhere})
+        secret = {"Authorization": "Bearer bucket-token"}
+        assert fetch.fetch(session, server.url("/same.png"), config, secret) == b"\x89PNG here"
+        assert fetch.fetch(session, server.url("/away.png"), config, secret) == b"\x89PNG there"
+        assert server.request_headers["/here.png"]["Authorization"] == "Bearer bucket-token"
+        assert "Authorization" not in other.request_headers["/there.png"]
+        assert other.request_headers["/there.png"]["User-Agent"] == fetch.USER_AGENT
+        assert "gzip" in other.request_headers["/there.png"]["Accept-Encoding"]
+
+
 # --- size ----------------------------------------------------------------------------
 
 
@@ -197,7 +219,7 @@ def test_a_kept_alive_connection_is_held_to_the_next_fetchs_deadline(server):
         fetch.fetch(session, slow, config)
     assert caught.value.code == "timeout"
     assert time.monotonic() - started < DEADLINE + MARGIN
-    pools = session.get_adapter(slow).poolmanager.pools
+    pools = session.pools
     assert [pools[key].num_connections for key in pools.keys()] == [1]  # one connection, reused
 
 

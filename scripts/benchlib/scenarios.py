@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import requests
 import urllib3
 
 from function import fetch
@@ -253,9 +252,10 @@ class Bench:
 # --- HTTP clients ----------------------------------------------------------------------
 
 
-def _post(session: requests.Session, base: str, urls: list[str]) -> dict:
-    response = session.post(f"{base}/", json={"urls": urls}, timeout=REQUEST_TIMEOUT)
-    response.raise_for_status()
+def _post(session: urllib3.PoolManager, base: str, urls: list[str]) -> dict:
+    response = session.request("POST", f"{base}/", json={"urls": urls}, timeout=REQUEST_TIMEOUT)
+    if response.status != 200:
+        raise RuntimeError(f"the function answered {response.status}: {response.data[:200]!r}")
     body = response.json()
     failed = [r for r in body["results"] if "error" in r]
     if failed:
@@ -263,7 +263,7 @@ def _post(session: requests.Session, base: str, urls: list[str]) -> dict:
     return body
 
 
-def _timed_post(session: requests.Session, base: str, urls: list[str]) -> tuple[float, dict]:
+def _timed_post(session: urllib3.PoolManager, base: str, urls: list[str]) -> tuple[float, dict]:
     started = time.perf_counter()
     body = _post(session, base, urls)
     return time.perf_counter() - started, body
@@ -331,13 +331,11 @@ def _throughput(server: procs.Server, urls: list[str], concurrency: int,
                                                for phase in ("fetch", "decode", "inference")}}
 
 
-def _session() -> requests.Session:
+def _session() -> urllib3.PoolManager:
     """A client that, like a load balancer, resends a request whose kept-alive connection
-    the server closed just as it was reused (gunicorn drops idle ones after 2 s)."""
-    session = requests.Session()
-    retry = urllib3.Retry(total=1, connect=1, read=1, status=0, allowed_methods=None)
-    session.mount("http://", requests.adapters.HTTPAdapter(max_retries=retry))
-    return session
+    the server closed just as it was reused (gunicorn drops idle ones after 2 s). urllib3
+    rather than requests: the clients share the CPUs with the instance they measure."""
+    return urllib3.PoolManager(retries=urllib3.Retry(total=1, connect=1, read=1, status=0, allowed_methods=None))
 
 
 # --- output parsing --------------------------------------------------------------------

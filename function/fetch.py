@@ -247,30 +247,24 @@ def _get(session: Session, url: str, settings: Settings, deadline: _Deadline,
     to the pool only when the body was read to the end (else it is closed)."""
     remaining = deadline.remaining()
     if remaining <= 0:
-        raise FetchTimeout(f"no answer within {settings.fetch_deadline:g} s")
+        raise _too_slow(settings)
     timeout = urllib3.Timeout(connect=min(settings.connect_timeout, remaining),
                               read=min(settings.read_timeout, remaining))
     try:
         response = session.urlopen("GET", url, headers={**session.headers, **(headers or {})}, timeout=timeout,
                                    redirect=False, retries=False, preload_content=False)
     except urllib3.exceptions.NewConnectionError as exc:  # also a ConnectTimeoutError, for history's sake
-        raise _failed(exc, deadline, settings) from exc
+        raise _cut_short(deadline, settings, f"could not fetch: {_reason(exc)}") from exc
     except urllib3.exceptions.TimeoutError as exc:
         raise FetchTimeout(f"timed out: {_reason(exc)}") from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise _failed(exc, deadline, settings) from exc
+        raise _cut_short(deadline, settings, f"could not fetch: {_reason(exc)}") from exc
     try:
         yield response
     finally:
         if not response.isclosed():
             response.close()  # an unread body: the connection cannot serve another request
         response.release_conn()
-
-
-def _failed(exc: BaseException, deadline: _Deadline, settings: Settings) -> ItemError:
-    if deadline.expired:  # the watchdog cut the connection
-        return FetchTimeout(f"no answer within {settings.fetch_deadline:g} s")
-    return FetchFailed(f"could not fetch: {_reason(exc)}")
 
 
 def _read_body(response: urllib3.BaseHTTPResponse, settings: Settings, deadline: _Deadline) -> bytes:
@@ -290,7 +284,7 @@ def _read_body(response: urllib3.BaseHTTPResponse, settings: Settings, deadline:
         # docs/performance.md). Each recv still times out, and the watchdog still cuts it.
         body = _receive(response, settings, deadline, lambda: response.read(int(declared), decode_content=False))
         if len(body) < int(declared):
-            _raise_cut_short(deadline, settings, f"connection closed after {len(body)} of {declared} bytes")
+            raise _cut_short(deadline, settings, f"connection closed after {len(body)} of {declared} bytes")
         return body
     chunks: list[bytes] = []
     size = 0
@@ -318,7 +312,8 @@ def _reserve(lease: budget.Lease, need: int, settings: Settings, deadline: _Dead
         ) from None
 
 
-def _receive(response: urllib3.BaseHTTPResponse, settings: Settings, deadline: _Deadline, read: Callable[[], bytes]) -> bytes:
+def _receive(response: urllib3.BaseHTTPResponse, settings: Settings, deadline: _Deadline,
+             read: Callable[[], bytes]) -> bytes:
     """`read()` of the body, each recv bounded by the read timeout and the deadline."""
     remaining = deadline.remaining()
     if remaining <= 0:
@@ -333,14 +328,12 @@ def _receive(response: urllib3.BaseHTTPResponse, settings: Settings, deadline: _
     except (urllib3.exceptions.ReadTimeoutError, TimeoutError, socket.timeout) as exc:
         raise FetchTimeout(f"read timed out: {_reason(exc)}") from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        _raise_cut_short(deadline, settings, f"connection broke mid-body: {_reason(exc)}", exc)
+        raise _cut_short(deadline, settings, f"connection broke mid-body: {_reason(exc)}") from exc
 
 
-def _raise_cut_short(deadline: _Deadline, settings: Settings, message: str, cause: BaseException | None = None):
-    """A body that ended early: the watchdog's doing (a timeout) or the server's."""
-    if deadline.expired:
-        raise _too_slow(settings) from cause
-    raise FetchFailed(message) from cause
+def _cut_short(deadline: _Deadline, settings: Settings, message: str) -> ItemError:
+    """A download that broke off: the watchdog's doing (a timeout) or the server's."""
+    return _too_slow(settings) if deadline.expired else FetchFailed(message)
 
 
 def _reason(exc: BaseException) -> str:

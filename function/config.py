@@ -361,6 +361,12 @@ class ModelSpec:
         }
 
 
+def request_threads(settings: Settings) -> int:
+    """Requests one worker serves at once: THREADS, or functions-framework's default of 4
+    per CPU core."""
+    return settings.threads or (os.cpu_count() or 1) * 4
+
+
 def inflight_bytes(settings: Settings, memory_limit: int | None) -> int:
     """One worker's download budget: CLASSIFIER_MAX_INFLIGHT_BYTES, else an eighth of the
     container's memory limit shared by its workers (the rest is the interpreter, the model,

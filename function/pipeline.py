@@ -7,6 +7,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from . import fetch, images, memory, metrics, request_context, tracing
 from .budget import Budget
-from .config import ModelSpec, Settings, choose_model, inflight_bytes, model_specs
+from .config import ModelSpec, Settings, choose_model, inflight_bytes, model_specs, request_threads
 from .errors import ItemError, TooManyUrls
 from .model import LazyModel, LoadedModel
 from .redaction import redact
@@ -46,6 +47,13 @@ class Classifier:
         self.decode_budget = Budget(settings.max_image_pixels)
         self.download_budget = Budget(inflight_bytes(settings, memory.container_limit()))
         self._idle_trim = memory.IdleTrim()
+        # Downloads, decodes and a first model load run on threads that outlive requests:
+        # a pool per request started and joined up to nine threads for each, which cost
+        # about 1 ms of CPU per image at full load (docs/performance.md). Every request the
+        # server runs at once has its fetch_workers and a load here, so none waits for
+        # another's; threads start only when none is idle.
+        self._threads = concurrent.futures.ThreadPoolExecutor(
+            request_threads(settings) * (settings.fetch_workers + 1), thread_name_prefix="fetch")
         specs = list(models or model_specs(settings))
         self.models = {
             spec.name: LazyModel(spec, settings.runtime, settings.cache_dir, settings.model_retry_seconds,
@@ -78,18 +86,29 @@ class Classifier:
         started = time.perf_counter()
         places = {source: place for place, source in enumerate(dict.fromkeys(sources))}
         unique = list(places)
-        workers = max(1, min(len(unique), self.settings.fetch_workers))
-        with concurrent.futures.ThreadPoolExecutor(workers + 1, thread_name_prefix="fetch") as pool:
-            # The model loads (first request only) while the images download, both in the
-            # request's context: their log lines and spans stay the request's.
-            loading = None if lazy.loaded else pool.submit(
-                request_context.carry(_timed), functools.partial(lazy.get, len(unique)))
-            prepared = list(pool.map(request_context.carry(lambda s: self._prepare(s, lazy.spec)), unique))
+        # This request's share of the threads: at most fetch_workers of its images at once.
+        share = threading.BoundedSemaphore(max(1, min(len(unique), self.settings.fetch_workers)))
+
+        def prepare(source: Source) -> _Item:
+            try:
+                return self._prepare(source, lazy.spec)
+            finally:
+                share.release()
+
+        # The model loads (first request only) while the images download, both in the
+        # request's context: their log lines and spans stay the request's.
+        loading = None if lazy.loaded else self._threads.submit(
+            request_context.carry(_timed), functools.partial(lazy.get, len(unique)))
+        jobs: list[concurrent.futures.Future] = []
+        try:
+            for source in unique:
+                share.acquire()
+                jobs.append(self._threads.submit(request_context.carry(prepare), source))
+            prepared = [job.result() for job in jobs]
             fetched = time.perf_counter()
-            if loading is not None:
-                loaded, load_seconds = loading.result()
-            else:
-                loaded, load_seconds = lazy.get(), 0.0
+            loaded, load_seconds = loading.result() if loading else (lazy.get(), 0.0)
+        finally:
+            concurrent.futures.wait([*jobs, *filter(None, [loading])])  # nothing of this request outlives it
         waited = time.perf_counter() - fetched
         inference_started, inference_cpu = time.perf_counter(), time.thread_time()
         with tracing.span("inference", {"classifier.model": lazy.spec.name, "classifier.images": len(prepared)}):

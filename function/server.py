@@ -12,7 +12,6 @@ arrive within CLASSIFIER_REQUEST_READ_DEADLINE).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import gunicorn.app.base
 from functions_framework import create_app
 
 from . import metrics_dir
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, request_threads
 from .receiver import ReceivingWorker
 
 MAIN = Path(__file__).with_name("main.py")  # the functions-framework source with `classify`
@@ -32,17 +31,12 @@ MAX_HEADER_FIELDS = 100
 MAX_HEADER_FIELD_BYTES = 8190
 
 
-def threads(settings: Settings) -> int:
-    """THREADS, or functions-framework's default: 4 per CPU core."""
-    return settings.threads or (os.cpu_count() or 1) * 4
-
-
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
     """Every gunicorn option the server runs with: the one place to add one."""
     return {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
-        "threads": threads(settings),
+        "threads": request_threads(settings),
         "worker_class": ReceivingWorker,
         "timeout": settings.timeout_seconds,
         "limit_request_line": MAX_REQUEST_LINE,

@@ -48,10 +48,10 @@ class Classifier:
         self.download_budget = Budget(inflight_bytes(settings, memory.container_limit()))
         self._idle_trim = memory.IdleTrim()
         # Downloads, decodes and a first model load run on threads that outlive requests:
-        # a pool per request started and joined up to nine threads for each, which cost
-        # about 1 ms of CPU per image at full load (docs/performance.md). Every request the
-        # server runs at once has its fetch_workers and a load here, so none waits for
-        # another's; threads start only when none is idle.
+        # a pool per request started and joined up to nine threads for each, 2-5 ms of CPU
+        # per request at full load (docs/performance.md). Every request the server runs at
+        # once has its fetch_workers and a load here, so none waits for another's; threads
+        # start only when none is idle.
         self._threads = concurrent.futures.ThreadPoolExecutor(
             request_threads(settings) * (settings.fetch_workers + 1), thread_name_prefix="fetch")
         specs = list(models or model_specs(settings))

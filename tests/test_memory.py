@@ -8,24 +8,34 @@ import sys
 from conftest import ROOT, python_env
 from function import memory
 
-CHURN = """
+def _growth_in_a_fresh_process(work: str, threads: int) -> float:
+    """MiB a new interpreter's RSS grew by while `threads` threads ran `work(i)` (defined by
+    the source `work`) with malloc tuned as the server tunes it: a heap's history is per
+    process."""
+    script = f"""
 import threading
 from function import memory
-assert memory.tune_malloc()
+assert memory.tune_malloc()  # as the server sets it
 def rss():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
 before = rss()
-start = threading.Barrier(8)
-def decode_like(i):
-    start.wait()
-    for n in range(6):  # image-sized buffers of 8..15 MiB, touched, then freed
-        buffer = bytearray((8 + (i + n) % 8) * 1024 * 1024)
-        buffer[::4096] = b"x" * len(buffer[::4096])
-        del buffer
-threads = [threading.Thread(target=decode_like, args=(i,)) for i in range(8)]
+together = threading.Barrier({threads})
+{work}
+threads = [threading.Thread(target=work, args=(i,)) for i in range({threads})]
 [t.start() for t in threads]
 [t.join() for t in threads]
 print(rss() - before)
+"""
+    return float(_in_a_fresh_process(script))
+
+
+CHURN = """
+def work(i):  # decode-like: image-sized buffers of 8..15 MiB, touched, then freed
+    together.wait()
+    for n in range(6):
+        buffer = bytearray((8 + (i + n) % 8) * 1024 * 1024)
+        buffer[::4096] = b"x" * len(buffer[::4096])
+        del buffer
 """
 
 
@@ -39,64 +49,42 @@ def _in_a_fresh_process(script: str) -> str:
 
 def test_buffers_freed_by_many_threads_leave_the_process():
     """In a fresh process; glibc's defaults keep about 110 MiB of this resident."""
-    assert float(_in_a_fresh_process(CHURN)) < 16
+    assert _growth_in_a_fresh_process(CHURN, 8) < 16
 
 
 BURST = """
-import sys, threading
-from function import memory
-assert memory.tune_malloc()  # as the server sets it
 idle = memory.IdleTrim()
-def rss():
-    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
-before = rss()
-start = threading.Barrier(32)
 kept = []  # what outlives a request (caches, pooled connections) lands above its chunks
-def download_like():
+def work(i):  # download-like
     with idle.working():  # each a request's work; the last to end trims
-        start.wait()
+        together.wait()
         chunks = [bytes(64 * 1024) for _ in range(160)]  # 10 MiB in download-sized chunks
         kept.append(bytes(4096))  # above pymalloc's 512 bytes: from the same heap
         del chunks
-threads = [threading.Thread(target=download_like) for _ in range(32)]
-[t.start() for t in threads]
-[t.join() for t in threads]
-print(rss() - before)
 """
 
 
 def test_a_burst_of_downloads_gives_its_memory_back_when_the_last_request_ends():
     """In a fresh process: 32 concurrent downloads' 64 KiB chunks sit below the mmap
     threshold; freed under a live object, per-thread heaps keep them without the trim."""
-    assert float(_in_a_fresh_process(BURST)) < 24
+    assert _growth_in_a_fresh_process(BURST, 32) < 24
 
 
 HEAPS = """
-import threading
-from function import memory
-assert memory.tune_malloc()  # as the server sets it
-def rss():
-    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
-before = rss()
-together = threading.Barrier(16)
-def request_like():  # 16 requests at once, each holding 3 MiB in download-sized chunks
+def work(i):  # requests at once, each holding 3 MiB in download-sized chunks
     together.wait()
     chunks = [bytearray(64 * 1024) for _ in range(48)]
     for chunk in chunks:
         chunk[::4096] = b"x" * len(chunk[::4096])
     together.wait()
     del chunks
-threads = [threading.Thread(target=request_like) for _ in range(16)]
-[t.start() for t in threads]
-[t.join() for t in threads]
-print(rss() - before)
 """
 
 
 def test_threads_share_two_heaps_so_freed_memory_kept_for_reuse_stays_small():
     """In a fresh process: with glibc's heap per thread (up to 8 x cores), each keeps what its
     thread freed below the trim threshold, 48 MiB here; two heaps keep 24 MiB."""
-    assert float(_in_a_fresh_process(HEAPS)) < 36
+    assert _growth_in_a_fresh_process(HEAPS, 16) < 36
 
 
 REUSE = """
